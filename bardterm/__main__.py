@@ -1,0 +1,5 @@
+import sys
+
+from bardterm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `bardterm` command: the TUI when no subcommand is given, else generate, decoders, plugins, train, eval.
+
+Each subcommand lives in the module that owns its work and exposes `add_parser(subparsers)`, which sets
+`func` on its parser. Heavy imports (torch, transformers, textual) happen inside those functions so that
+`bardterm --help` and the TUI start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bardterm import __version__
+from bardterm.errors import BardtermError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bardterm import generate_cli, tui
+    from bardterm.training import cli as training_cli
+
+    parser = argparse.ArgumentParser(
+        prog="bardterm",
+        description="A terminal home for small language models. With no subcommand, opens the chat and composer.",
+    )
+    parser.add_argument("--version", action="version", version=f"bardterm {__version__}")
+    tui.add_arguments(parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    generate_cli.add_parsers(subparsers)
+    training_cli.add_parsers(subparsers)
+    parser.set_defaults(func=tui.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except BardtermError as error:
+        print(f"bardterm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bardterm: interrupted", file=sys.stderr)
+        return 130

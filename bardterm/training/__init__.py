@@ -1,0 +1,1 @@
+"""Training: the fine-tune and scratch-training loop, evaluation, and recipes."""
