@@ -1,0 +1,26 @@
+"""Top-k (Fan et al., 2018, "Hierarchical Neural Story Generation"): keep only the k most likely tokens."""
+
+from transformers import TopKLogitsWarper
+
+from bardterm.decoders.base import Processor
+from bardterm.hookspecs import hookimpl
+from bardterm.params import Param
+
+
+class TopK(Processor):
+    name = "top_k"
+    help = "Keep only the k most likely tokens."
+    order = 30
+    params = (Param("top_k", int, 50, "How many tokens to keep.", min=1),)
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self._warper = TopKLogitsWarper(top_k=self.top_k)
+
+    def __call__(self, input_ids, scores):
+        return self._warper(input_ids, scores)
+
+
+@hookimpl
+def register_decoders(register):
+    register(TopK)

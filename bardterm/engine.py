@@ -1,0 +1,291 @@
+"""Streaming generation: prompt → processor chain → selection → text, one token at a time.
+
+    generation = Generation(model, tokenizer, "To be, or not to be", build("nucleus"), max_new_tokens=64)
+    for update in generation:          # another thread may call generation.cancel()
+        show(update.text[:update.committed])
+    print(generation.result.stats)
+
+The model runs with its KV cache: each step feeds only the new token, never the whole prefix again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bardterm.decoders.base import Hypothesis, Processor
+from bardterm.errors import BardtermError
+from bardterm.registry import DecoderSetup
+from bardterm.text import IncrementalDecoder
+
+SLOW_STEP_S = 10.0  # a processor that takes longer than this for one step is stopped as faulty
+
+
+class DecoderFault(BardtermError):
+    """A decoder (often a plugin) misbehaved mid-generation: wrong shape, NaN, too slow, or it raised."""
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    tokens: int = 0
+    ttft_s: float | None = None  # time to first token
+    total_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "tokens": self.tokens, "ttft_s": self.ttft_s,
+                "total_s": self.total_s, "tokens_per_s": self.tokens_per_s}
+
+    def __str__(self) -> str:
+        ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
+        return f"{self.tokens} tokens, first after {ttft}, {self.tokens_per_s:.1f} tokens/s"
+
+
+@dataclass
+class TokenInfo:
+    """One generated token as the selector saw it: its probability after the chain, and the top alternatives."""
+
+    token_id: int
+    text: str
+    prob: float
+    alternatives: list[tuple[str, float]]
+
+
+@dataclass
+class Update:
+    """The state after a step. `text[:committed]` will not change; the rest may (beam search revising)."""
+
+    text: str
+    committed: int
+    token_ids: list[int]
+    stats: Stats
+    token: TokenInfo | None = None
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    stop_reason: str  # "eos", "length", "stop", "cancelled"
+    stats: Stats
+    notices: list[str] = field(default_factory=list)
+    tokens: list[TokenInfo] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """One forward pass: next-token logits (batch, vocab) in float32, the updated cache, and optionally the
+    last layer's hidden state at the last position (batch, hidden)."""
+
+    logits: torch.Tensor
+    cache: Any
+    hidden: torch.Tensor | None = None
+
+
+class DecodeRun:
+    """What the engine hands a selector's `search`: the model step, the chain, the RNG, and the limits."""
+
+    def __init__(self, model, prompt_ids, chain: list[Processor], generator: torch.Generator,
+                 max_new_tokens: int, min_new_tokens: int, eos_token_ids: set[int]):
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.chain = chain
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+        self.eos_token_ids = eos_token_ids
+        self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
+        """Run the model on `input_ids` after `cache`; returns the next-token logits for each row."""
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                         output_hidden_states=hidden, return_dict=True, **extra)
+        return Step(out.logits[:, -1, :].float(), out.past_key_values, out.hidden_states[-1][:, -1, :] if hidden else None)
+
+    def process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Apply min-new-tokens, then the chain in order, checking what each processor returns."""
+        if input_ids.shape[1] - self.prompt_ids.shape[1] < self.min_new_tokens and self.eos_token_ids:
+            scores = scores.clone()
+            scores[:, list(self.eos_token_ids)] = -float("inf")
+        for processor in self.chain:
+            started = time.perf_counter()
+            try:
+                result = processor(input_ids, scores)
+            except Exception as error:
+                raise DecoderFault(f"decoder {processor.name!r} raised {type(error).__name__}: {error}") from error
+            _check_scores(processor.name, scores, result, time.perf_counter() - started)
+            scores = result
+        if scores.shape[0] == 1:
+            self.last_scores = scores
+        return scores
+
+
+def _check_scores(name: str, before: torch.Tensor, after, seconds: float) -> None:
+    if seconds > SLOW_STEP_S:
+        raise DecoderFault(f"decoder {name!r} took {seconds:.1f} s for one step (limit {SLOW_STEP_S:g} s)")
+    if not isinstance(after, torch.Tensor) or after.shape != before.shape:
+        shape = tuple(after.shape) if isinstance(after, torch.Tensor) else type(after).__name__
+        raise DecoderFault(f"decoder {name!r} returned scores of shape {shape}, expected {tuple(before.shape)}")
+    if torch.isnan(after).any() or torch.isposinf(after).any():
+        raise DecoderFault(f"decoder {name!r} returned NaN or +inf scores")
+    if torch.isneginf(after).all(dim=-1).any():
+        raise DecoderFault(f"decoder {name!r} ruled out every token")
+
+
+def context_length(model) -> int | None:
+    config = model.config
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if found is None:
+        found = tokenizer.eos_token_id
+    if found is None:
+        return set()
+    return {int(i) for i in (found if isinstance(found, (list, tuple)) else [found])}
+
+
+class Generation:
+    """One streaming generation. Iterate it for `Update`s; `result` is set when it ends."""
+
+    def __init__(self, model, tokenizer, prompt: str, setup: DecoderSetup, *, max_new_tokens: int = 128,
+                 min_new_tokens: int = 0, stop: list[str] | tuple[str, ...] = (), seed: int | None = None,
+                 top_alternatives: int = 0):
+        if max_new_tokens < 1:
+            raise BardtermError(f"invalid max_new_tokens={max_new_tokens}: must be at least 1")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise BardtermError(f"invalid min_new_tokens={min_new_tokens}: must be between 0 and max_new_tokens")
+        if any(not s for s in stop):
+            raise BardtermError("invalid stop string '': a stop string must not be empty")
+        self.model, self.tokenizer, self.setup = model, tokenizer, setup
+        self.stop = list(stop)
+        self.top_alternatives = top_alternatives
+        self.notices: list[str] = []
+        self.result: Result | None = None
+        self._cancel = threading.Event()
+
+        device = model.device
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if ids.shape[1] == 0:  # an empty prompt starts from the beginning-of-text token
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            ids = torch.tensor([[start if start is not None else 0]])
+        limit = context_length(model)
+        if limit is not None and ids.shape[1] + max_new_tokens > limit:
+            keep = max(limit - max_new_tokens, min(ids.shape[1], limit // 2))
+            if keep < ids.shape[1]:
+                self.notices.append(f"the prompt is {ids.shape[1]} tokens and the model's context is {limit}: "
+                                    f"kept its last {keep} tokens")
+                ids = ids[:, -keep:]
+            if ids.shape[1] + max_new_tokens > limit:
+                max_new_tokens = limit - ids.shape[1]
+                self.notices.append(f"max new tokens cut to {max_new_tokens} to fit the model's context of {limit}")
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+        self.run = DecodeRun(model, ids.to(device), setup.chain, generator, max_new_tokens, min_new_tokens,
+                             eos_ids(model, tokenizer))
+
+    def cancel(self) -> None:
+        """Stop after the current token; safe to call from any thread."""
+        self._cancel.set()
+
+    def __iter__(self):
+        run, stats = self.run, Stats(prompt_tokens=self.run.prompt_ids.shape[1])
+        decoder = IncrementalDecoder(self.tokenizer)
+        infos: list[TokenInfo] = []
+        token_ids: list[int] = []
+        reason = "length"
+        started = time.perf_counter()
+        searches = self.setup.selector.search(run)
+        try:
+            while True:
+                with torch.inference_mode():  # only around the model's work: the caller's code runs outside it
+                    hypothesis = next(searches, None)
+                if hypothesis is None:
+                    break
+                token_ids, text, info = self._advance(decoder, token_ids, hypothesis)
+                stats.tokens = len(token_ids)
+                stats.total_s = time.perf_counter() - started
+                if stats.ttft_s is None:
+                    stats.ttft_s = stats.total_s
+                if info is not None:
+                    infos.append(info)
+                cut = self._find_stop(text)
+                if cut is not None:
+                    decoder.text, reason = text[:cut], "stop"
+                    break
+                if token_ids and token_ids[-1] in run.eos_token_ids:
+                    reason = "eos"
+                committed = self._committed(decoder, hypothesis, text)
+                yield Update(text, committed, list(token_ids), stats, info)
+                if reason == "eos":
+                    break
+                if self._cancel.is_set():
+                    reason = "cancelled"
+                    break
+        finally:
+            searches.close()
+        if reason != "stop":
+            decoder.finish()
+        stats.total_s = time.perf_counter() - started
+        self.result = Result(decoder.text, token_ids, reason, stats, self.notices, infos)
+        yield Update(decoder.text, len(decoder.text), list(token_ids), stats)
+
+    def _advance(self, decoder: IncrementalDecoder, previous: list[int], hypothesis: Hypothesis):
+        tokens = hypothesis.token_ids
+        info = None
+        if len(tokens) == len(previous) + 1 and tokens[:-1] == previous:
+            decoder.add(tokens[-1])
+            if self.top_alternatives and self.run.last_scores is not None:
+                info = self._inspect(tokens[-1])
+        else:
+            decoder.reset(tokens)
+        return list(tokens), decoder.text, info
+
+    def _inspect(self, token_id: int) -> TokenInfo:
+        probs = torch.softmax(self.run.last_scores[0], dim=-1)
+        top = torch.topk(probs, min(self.top_alternatives, probs.shape[-1]))
+        piece = lambda i: self.tokenizer.decode([i], clean_up_tokenization_spaces=False)  # noqa: E731
+        alternatives = [(piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+        return TokenInfo(token_id, piece(token_id), float(probs[token_id]), alternatives)
+
+    def _find_stop(self, text: str) -> int | None:
+        hits = [text.find(s) for s in self.stop]
+        hits = [h for h in hits if h >= 0]
+        return min(hits) if hits else None
+
+    def _committed(self, decoder: IncrementalDecoder, hypothesis: Hypothesis, text: str) -> int:
+        committed = len(text)
+        if hypothesis.committed is not None and hypothesis.committed < len(hypothesis.token_ids):
+            committed = len(self.tokenizer.decode(hypothesis.token_ids[:hypothesis.committed],
+                                                  skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                            .rstrip("\ufffd"))
+        for stop in self.stop:  # hold back a tail that may yet become a stop string
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if stop.startswith(text[-size:]):
+                    committed = min(committed, len(text) - size)
+                    break
+        return committed
+
+
+def generate(model, tokenizer, prompt: str, setup: DecoderSetup, **options) -> Result:
+    """Run a generation to the end and return its result."""
+    generation = Generation(model, tokenizer, prompt, setup, **options)
+    for _ in generation:
+        pass
+    return generation.result

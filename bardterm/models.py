@@ -1,0 +1,119 @@
+"""Loading a checkpoint safely: any Hugging Face causal LM directory, weights from safetensors only.
+
+Pickled weights (`pytorch_model.bin`) can run code when loaded, and so can `trust_remote_code`; both are
+refused unless the caller asks for them (`--allow-pickle`, `--trust-remote-code`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bardterm.errors import BardtermError
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED_CHECKPOINT = CHECKPOINTS_DIR / "shakespeare"
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    path: Path
+    device: str
+    dtype: str
+
+
+def default_device() -> str:
+    """cuda, then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """bf16 where the GPU supports it, else fp32."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def default_checkpoint() -> Path:
+    """The shipped checkpoint. (A newer run becomes the default only when passed with --checkpoint.)"""
+    return SHIPPED_CHECKPOINT
+
+
+def check_checkpoint(path: str | Path, allow_pickle: bool = False) -> Path:
+    """Fail early, with one line, on anything that is not a loadable model directory."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BardtermError(f"checkpoint {path} does not exist: pass --checkpoint with a model directory")
+    if not path.is_dir():
+        raise BardtermError(f"checkpoint {path} is not a directory: pass the folder that holds config.json")
+    if not (path / "config.json").is_file():
+        raise BardtermError(f"{path} is not a model directory (no config.json): pass a Hugging Face model folder")
+    safetensors = list(path.glob("*.safetensors"))
+    pickled = [p for p in path.glob("*.bin") if "model" in p.name] + list(path.glob("*.pt")) + list(path.glob("*.pth"))
+    if not safetensors:
+        if pickled and not allow_pickle:
+            raise BardtermError(f"{path} holds only pickled weights ({pickled[0].name}), which can run code when "
+                                "loaded: convert them to safetensors, or pass --allow-pickle if you trust them")
+        if not pickled:
+            raise BardtermError(f"{path} holds no weights (no *.safetensors file)")
+    for file in safetensors:
+        _check_safetensors(file)
+    return path
+
+
+def _check_safetensors(file: Path) -> None:
+    """A safetensors file starts with an 8-byte header length and a JSON header; check both and the size."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + header_len + end != size:
+            raise ValueError("truncated")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise BardtermError(f"{file} is corrupt ({error}): re-download or re-train the checkpoint") from None
+
+
+def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | None = None,
+                    allow_pickle: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a directory, on `device` (default: best available)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = check_checkpoint(path, allow_pickle)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise BardtermError(f"invalid dtype {dtype!r}: use float32, bfloat16 or float16")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise BardtermError(f"{path} needs its own Python code to load: pass --trust-remote-code only if you "
+                                "trust its author") from None
+        raise BardtermError(f"could not load {path}: {error}") from None
+    except (OSError, KeyError, RuntimeError) as error:
+        raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as error:
+        raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
+    model.eval()
+    return LoadedModel(model, tokenizer, path, device, dtype)

@@ -1,0 +1,98 @@
+"""Finding plugins: the built-ins, installed packages (entry-point group `bardterm`), and `--plugin`.
+
+A plugin that fails to import is recorded in `load_failures`, not raised: every other decoder keeps working.
+`BARDTERM_LOAD_PLUGINS` picks which installed plugins load (comma-separated names; empty loads none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pluggy
+
+from bardterm import hookspecs
+from bardterm.decoders import BUILTIN_MODULES
+from bardterm.errors import BardtermError
+
+pm = pluggy.PluginManager("bardterm")
+pm.add_hookspecs(hookspecs)
+
+load_failures: list[str] = []
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the built-ins and the installed plugins, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module_name in BUILTIN_MODULES:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    chosen = os.environ.get("BARDTERM_LOAD_PLUGINS")
+    wanted = None if chosen is None else {name.strip() for name in chosen.split(",") if name.strip()}
+    for entry_point in importlib.metadata.entry_points(group="bardterm"):
+        if (wanted is not None and entry_point.name not in wanted) or pm.has_plugin(entry_point.name):
+            continue
+        try:
+            register_module(entry_point.load(), entry_point.name)
+        except Exception as error:  # a broken plugin must not take bardterm down with it
+            load_failures.append(f"plugin {entry_point.name!r} failed to load: {_describe(error)}")
+
+
+def register_module(module, name: str) -> None:
+    """Register a plugin module after checking the API version it declares."""
+    declared = getattr(module, "bardterm_api", hookspecs.API_VERSION)
+    if declared != hookspecs.API_VERSION:
+        raise BardtermError(
+            f"plugin {name!r} was written for bardterm plugin API {declared}, but this bardterm has API "
+            f"{hookspecs.API_VERSION}: upgrade the plugin or bardterm"
+        )
+    pm.register(module, name=name)
+
+
+def load_plugin(spec: str) -> str:
+    """`--plugin MODULE_OR_FILE`: import a module by name or a .py file by path and register it."""
+    load_plugins()
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise BardtermError(f"--plugin {spec}: no such file")
+            name = f"bardterm_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+            plugin_name = path.stem
+        else:
+            module = importlib.import_module(spec)
+            plugin_name = spec
+    except BardtermError:
+        raise
+    except Exception as error:
+        raise BardtermError(f"--plugin {spec} failed to import: {_describe(error)}") from None
+    if not pm.has_plugin(plugin_name):
+        register_module(module, plugin_name)
+    return plugin_name
+
+
+def plugin_version(plugin_name: str) -> str:
+    """The installed distribution's version for an entry-point plugin, 'built-in', or 'local'."""
+    if plugin_name.startswith("bardterm."):
+        from bardterm import __version__
+
+        return f"built-in {__version__}"
+    for entry_point in importlib.metadata.entry_points(group="bardterm"):
+        if entry_point.name == plugin_name and entry_point.dist is not None:
+            return entry_point.dist.version
+    return "local"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

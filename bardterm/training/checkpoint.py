@@ -1,0 +1,277 @@
+"""Checkpoints: atomic Hugging Face-format saves, and the resumable trainer state (no pickle).
+
+Layout of a run directory `checkpoints/<run>/`:
+
+    model.safetensors, config.json, generation_config.json,   <- the best model (lowest validation loss)
+    tokenizer.json, tokenizer_config.json, bardterm.json, loss.png
+    last/      the latest model, same files
+    resume/    model.safetensors (exact fp32 weights), optimizer.safetensors, rng.safetensors,
+               trainer_state.json (step, config, history, RNG of python/numpy, optimizer param groups)
+
+Every file is written to a temporary name in the same directory and moved into place with os.replace; a
+directory (last/, resume/) is staged whole and swapped in with two renames. A crash mid-save leaves the
+previous checkpoint intact (a crash between the two renames leaves it under `.resume.old`, which
+`load_resume` falls back to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bardterm.errors import BardtermError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def staging_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
+
+
+def write_hf_files(stage: Path, model, tokenizer, meta: dict, *, dtype=None) -> None:
+    """Save model (safetensors), config, generation config, tokenizer and bardterm.json into `stage`."""
+    import torch
+
+    unwrapped = model
+    if dtype is not None and dtype != torch.float32:
+        import copy
+
+        unwrapped = copy.deepcopy(model).to(dtype)
+    unwrapped.save_pretrained(stage, safe_serialization=True)
+    if getattr(unwrapped, "generation_config", None) is not None:
+        unwrapped.generation_config.save_pretrained(stage)
+    tokenizer.save_pretrained(stage)
+    (stage / "bardterm.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+
+
+def publish_files(stage: Path, target: Path) -> None:
+    """Move every file of `stage` into `target` (each an atomic rename), then remove `stage`.
+
+    Used for the best model, which lives at the top of the run directory beside last/ and resume/.
+    bardterm.json goes last, so it never describes weights that are not there yet.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+    names.sort(key=lambda n: n == "bardterm.json")
+    for name in names:
+        os.replace(stage / name, target / name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def swap_dir(stage: Path, target: Path) -> None:
+    """Replace directory `target` with `stage` (two renames; the old copy is removed afterwards)."""
+    old = target.parent / f".{target.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(stage, target)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_dir(model, tokenizer, meta: dict, target: Path, *, top_level: bool) -> None:
+    stage = staging_dir(target if top_level else target.parent, target.name if not top_level else "best")
+    try:
+        write_hf_files(stage, model, tokenizer, meta)
+        if top_level:
+            publish_files(stage, target)
+        else:
+            swap_dir(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+
+def _state_dict_tensors(model) -> dict:
+    """Model weights as independent contiguous CPU tensors (tied weights saved once per key)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        out[key] = value.detach().to("cpu").clone().contiguous()
+    return out
+
+
+def optimizer_to_flat(state: dict) -> tuple[dict, dict]:
+    """Split an optimizer state_dict into safetensors-able tensors and a JSON part."""
+    import torch
+
+    tensors, scalars = {}, {}
+    for idx, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for flat, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        idx, key = flat.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def capture_rng() -> tuple[dict, dict]:
+    import random
+
+    import numpy as np
+    import torch
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict, meta: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")),
+                                             key=lambda k: int(k.split(".")[1]))]
+        if states and len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    n = meta["numpy"]
+    np.random.set_state((n["kind"], tensors["numpy.keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+
+
+def save_resume(run_dir: Path, model, optimizer, trainer_state: dict) -> None:
+    from safetensors.torch import save_file
+
+    stage = staging_dir(run_dir, "resume")
+    try:
+        save_file(_state_dict_tensors(model), str(stage / "model.safetensors"))
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+        save_file(opt_tensors, str(stage / "optimizer.safetensors"))
+        rng_tensors, rng_meta = capture_rng()
+        save_file(rng_tensors, str(stage / "rng.safetensors"))
+        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
+        (stage / "trainer_state.json").write_text(json.dumps(state, indent=2, default=_json_default) + "\n")
+        swap_dir(stage, run_dir / "resume")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def resume_dir(run_dir: Path) -> Path | None:
+    for name in ("resume", ".resume.old"):
+        candidate = Path(run_dir) / name
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+    return None
+
+
+def read_resume_state(run_dir: Path) -> dict:
+    found = resume_dir(run_dir)
+    if found is None:
+        raise BardtermError(
+            f"nothing to resume in {run_dir}: no resume/trainer_state.json there; start a new run "
+            "(drop --resume), or point --output at the run directory to continue"
+        )
+    try:
+        return json.loads((found / "trainer_state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise BardtermError(f"resume state in {found} is unreadable ({error}); start a new run with --overwrite")
+
+
+def load_resume(run_dir: Path, model, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    found = resume_dir(run_dir)
+    state = read_resume_state(run_dir)
+    weights = load_file(str(found / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+        raise BardtermError(f"resume state in {found} does not match the model; start a new run with --overwrite")
+    optimizer.load_state_dict(optimizer_from_flat(load_file(str(found / "optimizer.safetensors")), state["optimizer"]))
+    restore_rng(load_file(str(found / "rng.safetensors")), state["rng"])
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+def load_model(path, device=None, dtype=None):
+    """(model, tokenizer) from a checkpoint directory, safetensors only."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BardtermError(f"checkpoint {path} is not a directory; give the run directory, e.g. checkpoints/<run>")
+    if not (path / "config.json").is_file():
+        raise BardtermError(f"{path} holds no config.json, so it is not a Hugging Face checkpoint; check the path")
+    try:
+        from bardterm.models import load_checkpoint  # type: ignore
+    except ImportError:
+        load_checkpoint = None
+    if load_checkpoint is not None:
+        model, tokenizer = load_checkpoint(str(path), device=device, dtype=dtype)
+        return model, tokenizer
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BardtermError(f"cannot load checkpoint {path} ({first[:160]}); check that it is a safetensors checkpoint")
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
