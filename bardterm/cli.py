@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "decoder_flags", False):
+            parser.parse_args(argv)  # reports the unknown argument the usual argparse way, then exits
+        args.extra = extra
         return args.func(args) or 0
     except BardtermError as error:
         print(f"bardterm: error: {error}", file=sys.stderr)

@@ -50,6 +50,17 @@ def default_checkpoint() -> Path:
     return SHIPPED_CHECKPOINT
 
 
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """The checkpoint to use: the one given, else the shipped one, with a clear line if neither exists."""
+    if path is not None:
+        return Path(path).expanduser()
+    shipped = default_checkpoint()
+    if not (shipped / "config.json").is_file():
+        raise BardtermError(f"no checkpoint given and the shipped one ({shipped}) is missing: pass --checkpoint DIR, "
+                            "or train one with `bardterm train`")
+    return shipped
+
+
 def check_checkpoint(path: str | Path, allow_pickle: bool = False) -> Path:
     """Fail early, with one line, on anything that is not a loadable model directory."""
     path = Path(path).expanduser()
@@ -93,8 +104,18 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
     """Load a causal LM and its tokenizer from a directory, on `device` (default: best available)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own UI reports progress; theirs would garble the stream
+    hf_logging.set_verbosity_error()
     path = check_checkpoint(path, allow_pickle)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BardtermError(f"{path / 'config.json'} is corrupt ({error}): re-download or re-train the checkpoint") from None
+    if "auto_map" in config and not trust_remote_code:
+        raise BardtermError(f"{path} needs its own Python code to load (auto_map in config.json): pass "
+                            "--trust-remote-code only if you trust its author")
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     torch_dtype = getattr(torch, dtype, None)
@@ -108,7 +129,7 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         if "trust_remote_code" in str(error):
             raise BardtermError(f"{path} needs its own Python code to load: pass --trust-remote-code only if you "
                                 "trust its author") from None
-        raise BardtermError(f"could not load {path}: {error}") from None
+        raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
     except (OSError, KeyError, RuntimeError) as error:
         raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
     try:

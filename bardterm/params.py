@@ -66,8 +66,8 @@ class Param:
         if ok and self.choices:
             ok = converted in self.choices
         if not ok:
-            where = f"{owner} " if owner else ""
-            message = f"invalid {where}parameter {self.name}={value!r}: must be {self.allowed()}"
+            where = f" (decoder {owner})" if owner and owner != self.name else ""
+            message = f"invalid {self.name}={value}{where}: must be {self.allowed()}"
             raise InvalidParameter(message + (f" ({self.hint})" if self.hint else ""))
         return converted
 

@@ -118,7 +118,8 @@ def build(decoder: str | None = None, chain: list[str] | None = None, registry: 
     processor joins the chain when any of its parameters is set; `chain` fixes the order explicitly.
     """
     registry = registry or get_registry()
-    decoder = decoder or DEFAULT_DECODER
+    if decoder is None:
+        decoder = _implied_selector(registry, settings) or DEFAULT_DECODER
     base_chain: list[str] = []
     if decoder in registry.presets:
         preset = registry.presets[decoder]
@@ -150,12 +151,22 @@ def build(decoder: str | None = None, chain: list[str] | None = None, registry: 
 
     for owner in values:
         if owner != selector_name and owner not in order:
-            kind = registry.decoders[owner].kind
-            where = "the chain given with --chain" if kind == "processor" else f"the selector {selector_name!r}"
-            raise InvalidParameter(f"{', '.join(values[owner])} belongs to {kind} {owner!r}, which is not in {where}")
+            names = ", ".join(values[owner])
+            if registry.decoders[owner].kind == "processor":
+                raise InvalidParameter(f"{names} belongs to processor {owner!r}, which is not in the chain given: "
+                                       f"add {owner} to --chain")
+            raise InvalidParameter(f"{names} belongs to selector {owner!r}, but the decoder is {selector_name!r}: "
+                                   f"pass --decoder {owner}")
     selector = registry.decoders[selector_name].create(**values.get(selector_name, {}))
     processors = [registry.decoders[name].create(**values.get(name, {})) for name in order]
     return DecoderSetup(selector, processors)
+
+
+def _implied_selector(registry: Registry, settings: dict) -> str | None:
+    """`--num-beams 4` alone means beam search: a setting that only one selector declares picks it."""
+    owners = {_resolve_setting(registry, key)[0] for key in settings}
+    selectors = [name for name in owners if registry.decoders[name].kind == "selector"]
+    return selectors[0] if len(selectors) == 1 else None
 
 
 def _resolve_setting(registry: Registry, key: str) -> tuple[str, str]:

@@ -1,0 +1,214 @@
+"""`bardterm generate`, `bardterm decoders` and `bardterm plugins`.
+
+Decoder parameters become flags only for `generate` and only once plugins are loaded, so they are parsed
+in a second pass (`decoder_settings`): every parameter any plugin declares can be set from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bardterm.errors import BardtermError
+
+DEFAULT_MAX_NEW_TOKENS = 200
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for choosing and loading a checkpoint, shared by generate and the TUI."""
+    parser.add_argument("--checkpoint", metavar="DIR", help="model directory (default: the shipped checkpoint)")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: cuda, then mps, then cpu)")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickled .bin weights, which can run code when loaded: only for files you trust")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a checkpoint's own Python code to run: only for authors you trust")
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="load a decoder plugin from a module name or a .py file (repeatable)")
+
+
+def add_parsers(subparsers) -> None:
+    generate = subparsers.add_parser(
+        "generate", help="stream a continuation of PROMPT to stdout",
+        description="Stream a continuation of PROMPT. Every decoder parameter is a flag: see `bardterm decoders`.")
+    generate.add_argument("prompt", metavar="PROMPT", help="the text to continue; - reads it from stdin")
+    add_model_arguments(generate)
+    add_plugin_argument(generate)
+    generate.add_argument("--decoder", help="a selector, processor or preset (default: creative)")
+    generate.add_argument("--chain", help="processors in the order to apply them, comma-separated "
+                          "(default order: repetition_penalty, temperature, top_k, top_p, then plugins)")
+    generate.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
+    generate.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N")
+    generate.add_argument("--min-new-tokens", type=int, default=0, metavar="N")
+    generate.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                          help="stop when this text appears; it is cut from the output (repeatable)")
+    generate.add_argument("--json", action="store_true", help="print text, tokens and stats as one JSON object")
+    generate.set_defaults(func=run_generate, decoder_flags=True)
+
+    decoders = subparsers.add_parser("decoders", help="list decoding strategies, their parameters and plugins")
+    add_plugin_argument(decoders)
+    decoders.set_defaults(func=run_decoders)
+
+    plugins = subparsers.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    add_plugin_argument(plugins)
+    plugins.set_defaults(func=run_plugins)
+
+
+def load_requested_plugins(args) -> None:
+    """Load --plugin modules, and report installed plugins that failed to load as warnings."""
+    from bardterm import plugins
+
+    for spec in getattr(args, "plugin", []):
+        plugins.load_plugin(spec)
+    plugins.load_plugins()
+    for failure in plugins.load_failures:
+        warn(failure)
+
+
+def warn(message: str) -> None:
+    print(f"bardterm: warning: {message}", file=sys.stderr)
+
+
+def decoder_flag_parser(registry) -> argparse.ArgumentParser:
+    """One flag per declared parameter: `--top-p`, or `--DECODER-PARAM` where two decoders share a name."""
+    parser = argparse.ArgumentParser(prog="bardterm generate", add_help=False)
+    for name, owners in registry.params().items():
+        for owner, param in owners:
+            flag = param.flag if len(owners) == 1 else f"--{owner}-{name}".replace("_", "-")
+            kwargs = {"action": argparse.BooleanOptionalAction} if param.type is bool else {"metavar": "VALUE"}
+            parser.add_argument(flag, dest=f"{owner}.{name}", default=None,
+                                help=f"{param.help} [{owner}; {param.allowed()}; default {param.default}]",
+                                **kwargs)
+    return parser
+
+
+def decoder_settings(registry, extra: list[str]) -> dict:
+    """Parse the decoder flags left over after the main parse into `build()` settings."""
+    parser = decoder_flag_parser(registry)
+    values, unknown = parser.parse_known_args(extra)
+    if unknown:
+        raise BardtermError(f"unrecognised argument {unknown[0]!r}: run `bardterm decoders` for decoder flags, "
+                            "or `bardterm generate --help`")
+    return {key: value for key, value in vars(values).items() if value is not None}
+
+
+def run_generate(args) -> int:
+    from bardterm.registry import build, get_registry
+
+    load_requested_plugins(args)
+    registry = get_registry()
+    for problem in registry.problems:
+        warn(problem)
+    settings = decoder_settings(registry, args.extra)
+    chain = [name.strip() for name in args.chain.split(",") if name.strip()] if args.chain is not None else None
+    setup = build(args.decoder, chain=chain, registry=registry, **settings)
+    if args.max_new_tokens < 1:
+        raise BardtermError(f"invalid --max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
+        raise BardtermError(f"invalid --min-new-tokens {args.min_new_tokens}: must be 0 to --max-new-tokens")
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+
+    from bardterm.engine import Generation
+    from bardterm.models import load_checkpoint, resolve_checkpoint
+
+    loaded = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device, dtype=args.dtype,
+                             allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    generation = Generation(loaded.model, loaded.tokenizer, prompt, setup, max_new_tokens=args.max_new_tokens,
+                            min_new_tokens=args.min_new_tokens, stop=args.stop, seed=args.seed)
+    for notice in generation.notices:
+        warn(notice)
+    if args.json:
+        return _print_json(generation, prompt, setup, args)
+    return _stream(generation)
+
+
+def _stream(generation) -> int:
+    from bardterm.text import sanitize
+
+    printed = 0
+    out = sys.stdout
+    try:
+        for update in generation:
+            if update.committed > printed:
+                out.write(sanitize(update.text[printed:update.committed]))
+                out.flush()
+                printed = update.committed
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        print("bardterm: interrupted", file=sys.stderr)
+        return 130
+    out.write("\n")
+    out.flush()
+    result = generation.result
+    print(f"bardterm: {result.stats} (stopped: {result.stop_reason})", file=sys.stderr)
+    return 0
+
+
+def _print_json(generation, prompt: str, setup, args) -> int:
+    for _ in generation:
+        pass
+    result = generation.result
+    print(json.dumps({"prompt": prompt, "text": result.text, "token_ids": result.token_ids,
+                      "stop_reason": result.stop_reason, "decoder": setup.describe(), "seed": args.seed,
+                      "stats": result.stats.as_dict(), "notices": result.notices}, ensure_ascii=False))
+    return 0
+
+
+def run_decoders(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bardterm.registry import DEFAULT_DECODER, get_registry
+
+    load_requested_plugins(args)
+    registry = get_registry()
+    console = Console()
+    table = Table(title="Decoders", title_justify="left", show_lines=True)
+    for column in ("name", "kind", "plugin", "parameters (flag: type/range, default)"):
+        table.add_column(column)
+    kinds = {"selector": 0, "processor": 1}
+    for name, cls in sorted(registry.decoders.items(), key=lambda item: (kinds[item[1].kind], item[1].order
+                                                                         if item[1].kind == "processor" else 0)):
+        params = "\n".join(f"{p.flag}: {p.allowed()}, default {p.default}\n  {p.help}" for p in cls.params)
+        table.add_row(f"[bold]{name}[/]\n{cls.help}", cls.kind, registry.plugin_of[name], params or "-")
+    console.print(table)
+    presets = Table(title="Presets (--decoder NAME)", title_justify="left")
+    for column in ("name", "selector", "settings", "plugin"):
+        presets.add_column(column)
+    for preset in registry.presets.values():
+        marker = " (default)" if preset.name == DEFAULT_DECODER else ""
+        settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items()) or "-"
+        presets.add_row(f"[bold]{preset.name}[/]{marker}\n{preset.help}", preset.decoder, settings, preset.plugin)
+    console.print(presets)
+    console.print("Processors apply in the order given by --chain, or by default: repetition_penalty, temperature, "
+                  "top_k, top_p, then plugin processors. Setting a processor's parameter adds it to the chain.")
+    for problem in registry.problems:
+        warn(problem)
+    return 0
+
+
+def run_plugins(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bardterm import plugins
+    from bardterm.registry import get_registry
+
+    load_requested_plugins(args)
+    registry = get_registry()
+    table = Table(title="Plugins", title_justify="left")
+    for column in ("plugin", "version", "hooks", "registers"):
+        table.add_column(column)
+    for name, module in plugins.pm.list_name_plugin():
+        hooks = ", ".join(sorted(caller.name for caller in plugins.pm.get_hookcallers(module) or []))
+        registers = ", ".join(sorted(n for n, owner in registry.plugin_of.items() if owner == name))
+        table.add_row(name, plugins.plugin_version(name), hooks, registers or "-")
+    Console().print(table)
+    for problem in registry.problems:
+        warn(problem)
+    return 0
