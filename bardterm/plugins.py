@@ -36,24 +36,38 @@ def load_plugins() -> None:
         pm.register(importlib.import_module(module_name), name=module_name)
     chosen = os.environ.get("BARDTERM_LOAD_PLUGINS")
     wanted = None if chosen is None else {name.strip() for name in chosen.split(",") if name.strip()}
-    for entry_point in importlib.metadata.entry_points(group="bardterm"):
+    installed = importlib.metadata.entry_points(group="bardterm")
+    for entry_point in installed:
         if (wanted is not None and entry_point.name not in wanted) or pm.has_plugin(entry_point.name):
             continue
         try:
             register_module(entry_point.load(), entry_point.name)
+        except BardtermError as error:
+            load_failures.append(str(error))
         except Exception as error:  # a broken plugin must not take bardterm down with it
             load_failures.append(f"plugin {entry_point.name!r} failed to load: {_describe(error)}")
+    for name in sorted((wanted or set()) - set(installed.names)):  # a typo would otherwise load nothing, silently
+        load_failures.append(f"BARDTERM_LOAD_PLUGINS names {name!r}, which is not installed "
+                             f"(installed: {', '.join(sorted(installed.names)) or 'none'})")
 
 
 def register_module(module, name: str) -> None:
-    """Register a plugin module after checking the API version it declares."""
+    """Register a plugin module after checking the API version it declares and the hooks it implements."""
     declared = getattr(module, "bardterm_api", hookspecs.API_VERSION)
     if declared != hookspecs.API_VERSION:
         raise BardtermError(
             f"plugin {name!r} was written for bardterm plugin API {declared}, but this bardterm has API "
             f"{hookspecs.API_VERSION}: upgrade the plugin or bardterm"
         )
-    pm.register(module, name=name)
+    known = {hook for hook in dir(hookspecs) if pm.parse_hookspec_opts(hookspecs, hook)}
+    for attribute in dir(module):
+        if pm.parse_hookimpl_opts(module, attribute) is not None and attribute not in known:
+            raise BardtermError(f"plugin {name!r} implements {attribute!r}, which is not a bardterm hook "
+                                f"(hooks: {', '.join(sorted(known))})")
+    try:
+        pm.register(module, name=name)
+    except (pluggy.PluginValidationError, ValueError) as error:  # e.g. a hook whose arguments are misspelt
+        raise BardtermError(f"plugin {name!r} cannot be registered: {error}") from None
 
 
 def load_plugin(spec: str) -> str:
@@ -64,22 +78,36 @@ def load_plugin(spec: str) -> str:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
                 raise BardtermError(f"--plugin {spec}: no such file")
-            name = f"bardterm_plugin_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-            plugin_name = path.stem
+            plugin_name, module = path.stem, _import_file(path)
         else:
-            module = importlib.import_module(spec)
-            plugin_name = spec
+            plugin_name, module = spec, importlib.import_module(spec)
     except BardtermError:
         raise
     except Exception as error:
         raise BardtermError(f"--plugin {spec} failed to import: {_describe(error)}") from None
-    if not pm.has_plugin(plugin_name):
-        register_module(module, plugin_name)
+    if pm.is_registered(module):
+        return pm.get_name(module)  # loaded already, perhaps as an installed plugin
+    if pm.has_plugin(plugin_name):
+        raise BardtermError(f"--plugin {spec}: a different plugin named {plugin_name!r} is already loaded: "
+                            "rename the file, or leave the other out with BARDTERM_LOAD_PLUGINS")
+    register_module(module, plugin_name)
     return plugin_name
+
+
+def _import_file(path: Path):
+    name = f"bardterm_plugin_{path.stem}"
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(loaded.__file__).resolve() == path.resolve():
+        return loaded  # the same file twice (say from the CLI and the TUI) is one plugin, not a clash
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # before running it, as `import` does: dataclasses and pickling look it up
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def plugin_version(plugin_name: str) -> str:
