@@ -29,6 +29,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -60,15 +61,32 @@ def _unlink(path) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def staging_dir(parent: Path, name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
+    os.chmod(stage, 0o777 & ~_umask())
+    return stage
+
+
+def _fix_modes(stage: Path) -> None:
+    mode = 0o666 & ~_umask()
+    for path in stage.iterdir():
+        if path.is_file():
+            os.chmod(path, mode)
 
 
 def write_hf_files(stage: Path, model, tokenizer, meta: dict, *, dtype=None) -> None:
     """Save model (safetensors), config, generation config, tokenizer and bardterm.json into `stage`."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     unwrapped = model
     if dtype is not None and dtype != torch.float32:
         import copy
@@ -79,6 +97,7 @@ def write_hf_files(stage: Path, model, tokenizer, meta: dict, *, dtype=None) -> 
         unwrapped.generation_config.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
     (stage / "bardterm.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    _fix_modes(stage)
 
 
 def publish_files(stage: Path, target: Path) -> None:
@@ -204,6 +223,7 @@ def save_resume(run_dir: Path, model, optimizer, trainer_state: dict) -> None:
         save_file(rng_tensors, str(stage / "rng.safetensors"))
         state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
         (stage / "trainer_state.json").write_text(json.dumps(state, indent=2, default=_json_default) + "\n")
+        _fix_modes(stage)
         swap_dir(stage, run_dir / "resume")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -401,7 +401,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
 
     def trainer_state() -> dict:
         return {"step": step, "total_steps": total, "config": config, "history": history, "best": best,
-                "bad_evals": bad_evals, "tokens_seen": tokens_seen,
+                "bad_evals": bad_evals, "tokens_seen": tokens_seen, "window_losses": window_losses,
                 "wall_time": elapsed_before + (time.time() - t_start), "bardterm_version": __version__}
 
     def save_last_and_resume():
@@ -438,6 +438,8 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     from rich.console import Console
 
     console = Console(stderr=False)
+    if not console.is_terminal:
+        console = Console(stderr=False, width=200, soft_wrap=True)
     interactive = console.is_terminal if show_progress is None else show_progress
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     say(f"[bold]training[/bold] {n_params / 1e6:.2f}M parameters ({config['base']}"
@@ -456,7 +458,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         console=console, disable=not (interactive and accelerator.is_main_process), transient=False,
     )
     last_val = history[-1]["val_loss"] if history else None
-    window_losses: list[float] = []
+    window_losses: list[float] = list(state.get("window_losses", [])) if resume else []
     recent_losses: list[float] = []
     t_window = time.perf_counter()
     window_tokens = 0
@@ -517,7 +519,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
                 progress.update(task, val=f"{last_val:.3f}")
                 say(f"eval step {step}: train {train_loss:.4f}  val {record['val_loss']:.4f}  "
                     f"val nats/char {record['val_nats_per_char']:.4f}  ({record['val_bits_per_char']:.4f} bits/char)"
-                    f"{'  best, saved' if improved else f'  (best {best['val_loss']:.4f} at step {best['step']})'}")
+                    f"{'  best, saved' if improved else '  (best %.4f at step %s)' % (best['val_loss'], best['step'])}")
                 save_last_and_resume()
                 t_window, window_tokens = time.perf_counter(), 0
                 if config["patience"] and bad_evals >= config["patience"]:
