@@ -80,7 +80,11 @@ def _add_decoder(registry: Registry, cls, plugin: str) -> None:
         owner = registry.plugin_of[cls.name]
         raise _Refused(f"plugin {plugin!r} tried to register decoder {cls.name!r}, already registered by {owner!r}")
     for param in cls.params:
-        param.validate(param.default, owner=cls.name)  # a default that its own range refuses is a plugin bug
+        try:
+            param.validate(param.default, owner=cls.name)
+        except InvalidParameter as error:  # a default that its own range refuses is a plugin bug
+            raise _Refused(f"plugin {plugin!r} registered decoder {cls.name!r} with a bad default ({error}): "
+                           "it is left out") from None
     registry.decoders[cls.name] = cls
     registry.plugin_of[cls.name] = plugin
 
