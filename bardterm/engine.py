@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -232,7 +232,7 @@ class Generation:
                 if token_ids and token_ids[-1] in run.eos_token_ids:
                     reason = "eos"
                 committed = self._committed(decoder, hypothesis, text)
-                yield Update(text, committed, list(token_ids), stats, info)
+                yield Update(text, committed, list(token_ids), replace(stats), info)  # a snapshot per update
                 if reason == "eos":
                     break
                 if self._cancel.is_set():

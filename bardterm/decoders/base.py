@@ -82,18 +82,21 @@ class Selector(Decoder):
         """The standard loop: one forward pass per token with the KV cache, the chain, then `choose`."""
         import torch
 
-        input_ids = run.prompt_ids
-        step = run.forward(input_ids)
+        prompt_len = run.prompt_ids.shape[1]
+        # Room for the whole text up front: each step writes one id instead of copying the sequence.
+        sequence = torch.empty((1, prompt_len + run.max_new_tokens), dtype=torch.long, device=run.prompt_ids.device)
+        sequence[:, :prompt_len] = run.prompt_ids
+        step = run.forward(run.prompt_ids)
         tokens: list[int] = []
-        for _ in range(run.max_new_tokens):
-            scores = run.process(input_ids, step.logits)
-            next_id = self.choose(scores, run.generator)
+        while True:
+            length = prompt_len + len(tokens)
+            next_id = self.choose(run.process(sequence[:, :length], step.logits), run.generator)
+            sequence[0, length] = next_id[0]
             tokens.append(int(next_id[0]))
-            input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=-1)
             yield Hypothesis(tokens)
-            if tokens[-1] in run.eos_token_ids:
-                return
-            step = run.forward(next_id.view(1, 1), step.cache)
+            if len(tokens) >= run.max_new_tokens or tokens[-1] in run.eos_token_ids:
+                return  # no forward pass for a token that will never be used
+            step = run.forward(sequence[:, length:length + 1], step.cache)
 
 
 def _unknown(message: str):
