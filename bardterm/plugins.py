@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -59,15 +60,26 @@ def register_module(module, name: str) -> None:
             f"plugin {name!r} was written for bardterm plugin API {declared}, but this bardterm has API "
             f"{hookspecs.API_VERSION}: upgrade the plugin or bardterm"
         )
-    known = {hook for hook in dir(hookspecs) if pm.parse_hookspec_opts(hookspecs, hook)}
-    for attribute in dir(module):
-        if pm.parse_hookimpl_opts(module, attribute) is not None and attribute not in known:
-            raise BardtermError(f"plugin {name!r} implements {attribute!r}, which is not a bardterm hook "
-                                f"(hooks: {', '.join(sorted(known))})")
+    _check_hooks(module, name)
     try:
         pm.register(module, name=name)
-    except (pluggy.PluginValidationError, ValueError) as error:  # e.g. a hook whose arguments are misspelt
-        raise BardtermError(f"plugin {name!r} cannot be registered: {error}") from None
+    except (pluggy.PluginValidationError, ValueError) as error:
+        raise BardtermError(f"plugin {name!r} cannot be registered: {' '.join(str(error).split())}") from None
+
+
+def _check_hooks(module, name: str) -> None:
+    """Refuse misspelt hooks and hook arguments, which pluggy would ignore or explain over several lines."""
+    known = {hook for hook in dir(hookspecs) if pm.parse_hookspec_opts(hookspecs, hook)}
+    for attribute in dir(module):
+        if pm.parse_hookimpl_opts(module, attribute) is None:
+            continue
+        if attribute not in known:
+            raise BardtermError(f"plugin {name!r} implements {attribute!r}, which is not a bardterm hook "
+                                f"(hooks: {', '.join(sorted(known))})")
+        expected = inspect.signature(getattr(hookspecs, attribute))
+        actual = inspect.signature(getattr(module, attribute))
+        if not set(actual.parameters) <= set(expected.parameters):
+            raise BardtermError(f"plugin {name!r} defines {attribute}{actual}, but the hook is {attribute}{expected}")
 
 
 def load_plugin(spec: str) -> str:

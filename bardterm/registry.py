@@ -42,20 +42,30 @@ class Registry:
 
 
 def get_registry() -> Registry:
-    """Ask every plugin's hooks for its decoders and presets, one plugin at a time so one fault stays local."""
+    """Ask every plugin's hooks for its decoders and presets, one plugin at a time so one fault stays local.
+
+    Plugins are asked in the order they were loaded, built-ins first, and the first to register a name keeps
+    it: a plugin's decoder cannot take the name of a built-in preset, nor a preset that of a decoder.
+    """
     load_plugins()
     registry = Registry()
-    for impl in pm.hook.register_decoders.get_hookimpls():
-        plugin = pm.get_name(impl.plugin)
-        _call_hook(registry, plugin, impl.function, lambda cls, plugin=plugin: _add_decoder(registry, cls, plugin))
-    for impl in pm.hook.register_presets.get_hookimpls():
-        plugin = pm.get_name(impl.plugin)
-
-        def add_preset(name, help, decoder, plugin=plugin, **settings):
-            _add_preset(registry, Preset(name, help, decoder, settings, plugin))
-
-        _call_hook(registry, plugin, impl.function, add_preset)
+    for plugin, module in pm.list_name_plugin():
+        for hook in (pm.hook.register_decoders, pm.hook.register_presets):
+            for impl in hook.get_hookimpls():
+                if impl.plugin is module:
+                    _call_hook(registry, plugin, impl.function, _registrar(registry, hook.name, plugin))
     return registry
+
+
+def _registrar(registry: Registry, hook: str, plugin: str):
+    """The `register` function handed to one plugin's hook."""
+    if hook == "register_decoders":
+        return lambda cls: _add_decoder(registry, cls, plugin)
+
+    def add_preset(name, help, decoder, **settings):
+        _add_preset(registry, Preset(name, help, decoder, settings, plugin))
+
+    return add_preset
 
 
 def _call_hook(registry: Registry, plugin: str, function, register) -> None:

@@ -293,3 +293,129 @@ def test_the_plugin_guide_example_works_as_written(fresh, tmp_path, tiny_checkpo
                          "--decoder", "epsilon", "--epsilon", "0.001", "--max-new-tokens", 5, "--seed", 1, "--json")
     assert code == 0, err
     assert len(json.loads(out)["token_ids"]) == 5
+
+
+# --- Faults while loading and registering: one line naming the plugin, every other decoder keeps working ---
+
+
+def assert_warned_once(err: str, *fragments: str) -> None:
+    warnings = [line for line in err.splitlines() if line.startswith("bardterm: warning:")]
+    assert len(warnings) == 1, err
+    assert all(fragment in warnings[0] for fragment in fragments), warnings[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("source, fault", [
+    ("import bardterm_no_such_dependency\n", "ModuleNotFoundError: No module named 'bardterm_no_such_dependency'"),
+    ("raise RuntimeError('needs a GPU')\n", "RuntimeError: needs a GPU"),
+    ("def broken(:\n", "SyntaxError"),
+])
+def test_an_installed_plugin_that_fails_to_import(fresh, install, capsys, tiny_checkpoint, source, fault):
+    install("broken", source)
+    install("nudge", plugin_source("nudge_zero"))
+    found = get_registry()
+    assert len(plugins.load_failures) == 1
+    assert plugins.load_failures[0].startswith(f"plugin 'broken' failed to load: {fault}")
+    assert "nudge_zero" in found.decoders and not fresh.has_plugin("broken")
+    code, out, err = run(capsys, "generate", "ROMEO:", "--checkpoint", tiny_checkpoint, "--decoder", "nudge_zero",
+                         "--max-new-tokens", 3, "--json")
+    assert code == 0 and len(json.loads(out)["token_ids"]) == 3
+    assert_warned_once(err, "plugin 'broken' failed to load", fault)
+
+
+RAISES_WHILE_REGISTERING = plugin_source("nudge_first") + """
+class Later(Processor):
+    name = "never_registered"
+
+@hookimpl
+def register_presets(register):
+    register("nudge_preset", "Registered before the fault.", decoder="greedy", nudge_first={})
+    raise RuntimeError("preset table missing")
+""".replace("nudge_first={}", "")
+
+
+def test_a_plugin_that_raises_inside_a_hook(fresh, install, capsys):
+    install("grumpy", RAISES_WHILE_REGISTERING.replace("    register(NudgeFirst)\n",
+                                                       "    register(NudgeFirst)\n    raise KeyError('oops')\n"))
+    found = get_registry()
+    assert found.problems == ["plugin 'grumpy' raised while registering: KeyError: 'oops'",
+                              "plugin 'grumpy' raised while registering: RuntimeError: preset table missing"]
+    assert found.plugin_of["nudge_first"] == "grumpy" and found.plugin_of["nudge_preset"] == "grumpy"  # before it
+    assert "never_registered" not in found.decoders
+    assert build("nucleus").chain[0].name == "top_p"
+    code, _, err = run(capsys, "decoders")
+    assert code == 0
+    assert [line for line in err.splitlines() if "grumpy" in line] == [
+        f"bardterm: warning: {problem}" for problem in found.problems]
+
+
+@pytest.mark.parametrize("registers, fault", [
+    ("register(Copycat)", "plugin 'copycat' tried to register decoder 'top_p', already registered by "
+                          "'bardterm.decoders.top_p'"),
+    ("register(Copycat); register(Copycat)", "plugin 'copycat' tried to register decoder 'top_p', already "
+                                             "registered by 'bardterm.decoders.top_p'"),
+    ("register(NamedLikeAPreset)", "plugin 'copycat' tried to register decoder 'nucleus', already registered by "
+                                   "'bardterm.decoders.presets'"),
+    ("register(object)", "plugin 'copycat' registered <class 'object'>, which is not a Processor or Selector "
+                         "subclass"),
+    ("register(Nameless)", "plugin 'copycat' registered Nameless without a valid name (letters, digits, _)"),
+    ("register(BadDefault)", "plugin 'copycat' registered decoder 'bad_default' with a bad default (invalid "),
+])
+def test_a_plugin_that_registers_a_bad_decoder(fresh, install, registers, fault):
+    install("copycat", f"""
+from bardterm.decoders.base import Processor
+from bardterm.hookspecs import hookimpl
+from bardterm.params import Param
+
+class Copycat(Processor):
+    name = "top_p"
+
+class NamedLikeAPreset(Processor):
+    name = "nucleus"
+
+class Nameless(Processor):
+    name = "top p!"
+
+class BadDefault(Processor):
+    name = "bad_default"
+    params = (Param("strength", float, 5.0, "Too strong by default.", min=0, max=1),)
+
+@hookimpl
+def register_decoders(register):
+    {registers}
+""")
+    found = get_registry()
+    assert len(found.problems) == 1 and found.problems[0].startswith(fault)
+    assert found.plugin_of["top_p"] == "bardterm.decoders.top_p" and found.presets["nucleus"].plugin != "copycat"
+    assert "bad_default" not in found.decoders and "copycat" not in found.plugin_of.values()
+
+
+def test_a_plugin_that_registers_a_preset_name_already_taken(fresh, install):
+    install("copycat", """
+from bardterm.hookspecs import hookimpl
+
+@hookimpl
+def register_presets(register):
+    register("creative", "Mine now.", decoder="greedy")
+""")
+    found = get_registry()
+    assert found.problems == ["plugin 'copycat' tried to register preset 'creative', already registered by "
+                              "'bardterm.decoders.presets'"]
+    assert found.presets["creative"].decoder == "sample"
+
+
+@pytest.mark.parametrize("hook, fault", [
+    ("def register_decoder(register)", "plugin 'typo' implements 'register_decoder', which is not a bardterm hook "
+                                       "(hooks: register_decoders, register_presets)"),
+    ("def register_decoders(registrar)", "plugin 'typo' defines register_decoders(registrar), but the hook is "
+                                         "register_decoders(register)"),
+])
+def test_a_plugin_with_a_misspelt_hook_is_refused(fresh, install, tmp_path, hook, fault):
+    source = f"from bardterm.hookspecs import hookimpl\n\n@hookimpl\n{hook}:\n    pass\n"
+    install("typo", source)
+    get_registry()
+    assert plugins.load_failures == [fault] and not fresh.has_plugin("typo")
+    (tmp_path / "typo.py").write_text(source)
+    with pytest.raises(BardtermError) as refusal:
+        plugins.load_plugin(str(tmp_path / "typo.py"))
+    assert str(refusal.value) == fault
