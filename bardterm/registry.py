@@ -173,6 +173,8 @@ def build(decoder: str | None = None, chain: list[str] | None = None, registry: 
                                    f"pass --decoder {owner}")
     selector = registry.decoders[selector_name].create(**values.get(selector_name, {}))
     processors = [registry.decoders[name].create(**values.get(name, {})) for name in order]
+    for decoder in (selector, *processors):
+        decoder.plugin = registry.plugin_of[decoder.name]  # so that a fault mid-generation can name the plugin
     return DecoderSetup(selector, processors)
 
 

@@ -173,7 +173,9 @@ def test_an_installed_plugin_is_found_with_its_entry_point_name_and_version(fres
     found = get_registry()
     assert found.plugin_of["nudge_zero"] == "nudge"
     assert plugins.plugin_version("nudge") == "2.5.0"
-    assert build("nudge_zero").chain[0].name == "nudge_zero"
+    setup = build("nudge_zero")
+    assert (setup.chain[0].name, setup.chain[0].plugin) == ("nudge_zero", "nudge")  # for fault messages
+    assert setup.selector.plugin == "bardterm.decoders.sample"
 
 
 @pytest.mark.parametrize("chosen, loaded", [
