@@ -276,12 +276,15 @@ def load_model(path, device=None, dtype=None):
     if not (path / "config.json").is_file():
         raise BardtermError(f"{path} holds no config.json, so it is not a Hugging Face checkpoint; check the path")
     try:
-        from bardterm.models import load_checkpoint  # type: ignore
+        from bardterm.models import load_checkpoint  # the project's safe loader (safetensors only)
     except ImportError:
         load_checkpoint = None
     if load_checkpoint is not None:
-        model, tokenizer = load_checkpoint(str(path), device=device, dtype=dtype)
-        return model, tokenizer
+        dtype_name = {None: "float32"}.get(dtype, str(dtype).removeprefix("torch."))
+        loaded = load_checkpoint(str(path), device=device or "cpu", dtype=dtype_name)
+        if isinstance(loaded, tuple):
+            return loaded
+        return loaded.model, loaded.tokenizer
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
