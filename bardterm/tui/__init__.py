@@ -1,0 +1,63 @@
+"""`bardterm` with no subcommand: the Textual chat and composer.
+
+Kept cheap to import (no torch, transformers or textual here) so that `bardterm --help` stays fast; the
+app itself is imported in `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The top-level options, which apply to the app."""
+    group = parser.add_argument_group("chat and composer (no subcommand)")
+    group.add_argument("--checkpoint", metavar="DIR", help="model directory (default: checkpoints/shakespeare)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on a GPU "
+                       "that has it, else float32")
+    group.add_argument("--decoder", metavar="NAME", help="decoder or preset to start with (default: creative)")
+    group.add_argument("--seed", type=int, metavar="N", help="seed every generation (default: random)")
+    group.add_argument("--max-new-tokens", type=_positive, default=200, metavar="N",
+                       help="longest reply or continuation (default: 200)")
+    group.add_argument("--user-name", default="ROMEO", metavar="NAME", help="your speaker name (default: ROMEO)")
+    group.add_argument("--model-name", default="JULIET", metavar="NAME",
+                       help="the model's speaker name (default: JULIET)")
+    group.add_argument("--template", metavar="TEXT", help="how a chat turn is written, with {name} and {text} "
+                       "(default: '{name}:\\n{text}\\n\\n')")
+    group.add_argument("--continue", dest="resume", action="store_true", help="continue the latest conversation")
+    group.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (can run code)")
+    group.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    if not any("--plugin" in action.option_strings for action in parser._actions):
+        from bardterm.generate_cli import add_plugin_argument
+
+        add_plugin_argument(group)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number >= 1")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the app; raises BardtermError (shown as one line by the CLI) for a bad option."""
+    from bardterm.plugins import load_plugin
+    from bardterm.tui.app import BardtermApp, Options
+    from bardterm.tui.chat import ChatFrame
+
+    for spec in getattr(args, "plugin", None) or []:
+        load_plugin(spec)
+    template = args.template.replace("\\n", "\n") if args.template else None
+    ChatFrame(args.user_name, args.model_name, **({"template": template} if template else {}))  # refuse bad ones now
+    options = Options(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, decoder=args.decoder,
+                      seed=args.seed, resume=args.resume, allow_pickle=args.allow_pickle,
+                      trust_remote_code=args.trust_remote_code, user_name=args.user_name,
+                      model_name=args.model_name, template=template, max_new_tokens=args.max_new_tokens)
+    app = BardtermApp(options)
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,138 @@
+"""Compose: a text editor in which the model continues the draft at the cursor.
+
+The continuation streams in at the cursor (the editor is read-only meanwhile). Afterwards the user keeps
+it (Ctrl+L, or just types on), regenerates it (Ctrl+R) or undoes it (Ctrl+B).
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Static, TextArea
+
+from bardterm.errors import BardtermError
+from bardterm.text import sanitize
+from bardterm.tui.streaming import Stream, describe_stats
+
+Location = tuple[int, int]
+
+
+class ComposePane(Vertical):
+    BINDINGS = [
+        Binding("ctrl+g", "continue_draft", "Continue"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+l", "accept", "Accept"),
+        Binding("ctrl+b", "undo_continuation", "Undo"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stream: Stream | None = None
+        self.pending: tuple[Location, Location] | None = None  # the continuation not yet accepted
+        self._applying = False
+
+    def compose(self) -> ComposeResult:
+        yield TextArea(soft_wrap=True, id="draft", placeholder="Write, then Ctrl+G: the model continues at the cursor")
+        yield Static("Ctrl+G continue at cursor · Ctrl+L accept · Ctrl+R regenerate · Ctrl+B undo", id="compose-help")
+
+    @property
+    def editor(self) -> TextArea:
+        return self.query_one("#draft", TextArea)
+
+    @property
+    def generating(self) -> bool:
+        return self.stream is not None
+
+    def action_continue_draft(self) -> None:
+        if self.generating or not self.app.ready():
+            return
+        self.pending = None
+        self._start(self.editor.cursor_location)
+
+    def action_regenerate(self) -> None:
+        if self.generating or self.pending is None:
+            if not self.generating:
+                self.app.notify("nothing to regenerate: continue the draft first (Ctrl+G)", severity="warning")
+            return
+        start = self._remove_pending()
+        if self.app.ready():
+            self._start(start)
+
+    def action_accept(self) -> None:
+        if self.pending is not None and not self.generating:
+            self.pending = None
+            self._set_help("accepted")
+
+    def action_undo_continuation(self) -> None:
+        if self.pending is not None and not self.generating:
+            self._remove_pending()
+            self._set_help("undone")
+
+    def cancel(self) -> None:
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def _start(self, at: Location) -> None:
+        editor = self.editor
+        prompt = editor.get_text_range((0, 0), at)
+        try:
+            generation = self.app.generation(prompt)
+        except BardtermError as error:
+            self.app.notify(str(error), severity="error", timeout=8)
+            return
+        editor.move_cursor(at)
+        editor.read_only = True
+        self.pending = (at, at)
+        self.stream = Stream(self, generation, tag="compose")
+        self.app.start_stream(self.stream)
+        self._set_help("generating… Esc stops")
+
+    def _remove_pending(self) -> Location:
+        start, end = self.pending
+        self._applying = True
+        self.editor.delete(start, end)
+        self._applying = False
+        self.editor.move_cursor(start)
+        self.pending = None
+        return start
+
+    def _show(self, text: str) -> None:
+        start, end = self.pending
+        self._applying = True
+        result = self.editor.replace(sanitize(text), start, end, maintain_selection_offset=False)
+        self._applying = False
+        self.pending = (start, result.end_location)
+        self.editor.move_cursor(result.end_location)
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        if not self._applying and not self.generating and self.pending is not None:
+            self.pending = None  # the user typed on: the continuation is theirs now
+
+    def on_stream_updated(self, event: Stream.Updated) -> None:
+        event.stop()
+        update = event.stream.take()
+        if update is not None and event.stream is self.stream:
+            self._show(update.text)
+            self.app.show_stats(describe_stats(update.stats, running=True))
+
+    def on_stream_finished(self, event: Stream.Finished) -> None:
+        event.stop()
+        self._show(event.result.text)
+        self._end()
+        self.app.last_tokens = event.result.tokens
+        stopped = " · stopped" if event.result.stop_reason == "cancelled" else ""
+        self.app.show_stats(describe_stats(event.result.stats) + stopped)
+
+    def on_stream_failed(self, event: Stream.Failed) -> None:
+        event.stop()
+        self._end()
+        self.app.notify(event.error, title="generation stopped", severity="error", timeout=10)
+
+    def _end(self) -> None:
+        self.stream = None
+        self.editor.read_only = False
+        self._set_help("Ctrl+L accept · Ctrl+R regenerate · Ctrl+B undo · Ctrl+G continue")
+
+    def _set_help(self, text: str) -> None:
+        self.query_one("#compose-help", Static).update(text)
