@@ -25,6 +25,33 @@ def registry():
             pm.unregister(name="mirostat")
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A tiny byte-level BPE tokenizer trained on the spot: tests never download anything."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["ROMEO: But, soft! what light through yonder window breaks?\n"
+                             "JULIET: O Romeo, Romeo! wherefore art thou Romeo?\n"] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tokenizer):
+    """A two-layer GPT-2 with random weights: enough to run the whole engine, in well under a second."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config).eval()
+
+
 def selector(mu=None, **values):
     chosen = bardterm_mirostat.Mirostat.create(**values)
     chosen.mu = None if mu is None else torch.tensor([[mu]])
