@@ -123,24 +123,30 @@ class DecodeRun:
             try:
                 result = processor(input_ids, scores)
             except Exception as error:
-                raise DecoderFault(f"decoder {processor.name!r} raised {type(error).__name__}: {error}") from error
-            _check_scores(processor.name, scores, result, time.perf_counter() - started)
+                raise DecoderFault(f"{_who(processor)} raised {type(error).__name__}: {error}") from error
+            _check_scores(_who(processor), scores, result, time.perf_counter() - started)
             scores = result
         if scores.shape[0] == 1:
             self.last_scores = scores
         return scores
 
 
+def _who(decoder) -> str:
+    """"decoder 'x' (plugin 'y')", naming the plugin unless it is a built-in."""
+    plugin = getattr(decoder, "plugin", "")
+    return f"decoder {decoder.name!r}" + (f" (plugin {plugin!r})" if plugin and not plugin.startswith("bardterm.") else "")
+
+
 def _check_scores(name: str, before: torch.Tensor, after, seconds: float) -> None:
     if seconds > SLOW_STEP_S:
-        raise DecoderFault(f"decoder {name!r} took {seconds:.1f} s for one step (limit {SLOW_STEP_S:g} s)")
+        raise DecoderFault(f"{name} took {seconds:.1f} s for one step (limit {SLOW_STEP_S:g} s)")
     if not isinstance(after, torch.Tensor) or after.shape != before.shape:
         shape = tuple(after.shape) if isinstance(after, torch.Tensor) else type(after).__name__
-        raise DecoderFault(f"decoder {name!r} returned scores of shape {shape}, expected {tuple(before.shape)}")
+        raise DecoderFault(f"{name} returned scores of shape {shape}, expected {tuple(before.shape)}")
     if torch.isnan(after).any() or torch.isposinf(after).any():
-        raise DecoderFault(f"decoder {name!r} returned NaN or +inf scores")
+        raise DecoderFault(f"{name} returned NaN or +inf scores")
     if torch.isneginf(after).all(dim=-1).any():
-        raise DecoderFault(f"decoder {name!r} ruled out every token")
+        raise DecoderFault(f"{name} ruled out every token")
 
 
 def context_length(model) -> int | None:
@@ -215,7 +221,12 @@ class Generation:
         try:
             while True:
                 with torch.inference_mode():  # only around the model's work: the caller's code runs outside it
-                    hypothesis = next(searches, None)
+                    try:
+                        hypothesis = next(searches, None)
+                    except BardtermError:
+                        raise
+                    except Exception as error:  # a selector plugin's bug ends this generation, not the program
+                        raise DecoderFault(f"{_who(self.setup.selector)} raised {type(error).__name__}: {error}") from error
                 if hypothesis is None:
                     break
                 token_ids, text, info = self._advance(decoder, token_ids, hypothesis)

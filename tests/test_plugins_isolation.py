@@ -143,17 +143,12 @@ def test_a_processor_just_under_the_time_limit_is_fine(faulty_plugin, monkeypatc
     assert result.token_ids == generate(gpt2, tokenizer, "ROMEO:", build("greedy"), max_new_tokens=2).token_ids
 
 
-ENGINE_GAP = "engine.py does not yet name the plugin in a DecoderFault, nor wrap selector faults (see issue 6)"
-
-
-@pytest.mark.xfail(strict=True, reason=ENGINE_GAP)
 @pytest.mark.parametrize("name", ["wrong_shape", "returns_nan", "raises"])
 def test_the_fault_names_the_plugin(faulty_plugin, tokenizer, gpt2, name):
     with pytest.raises(DecoderFault, match=f"plugin '{PLUGIN}'"):
         generate(gpt2, tokenizer, "ROMEO:", build(name), max_new_tokens=3)
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_GAP)
 @pytest.mark.parametrize("name, fault", [("raising_selector", "selector bug"), ("out_of_vocabulary", "")])
 def test_a_faulty_selector_is_a_decoder_fault(faulty_plugin, capsys, tiny_checkpoint, name, fault):
     code, _, err = run_cli(capsys, "generate", "ROMEO:", "--checkpoint", tiny_checkpoint, "--decoder", name,

@@ -29,6 +29,7 @@ class Decoder:
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    plugin: str = ""  # the plugin that registered it, set by `registry.build` for error messages
 
     def __init__(self, **values):
         # Values arrive validated (see `create`); missing ones take their declared default.
