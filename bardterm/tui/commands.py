@@ -47,7 +47,7 @@ def completions(text: str, app: "BardtermApp") -> list[str]:
     if " " not in text:
         return [name + " " for name in COMMANDS if name.startswith(text)]
     command, _, rest = text.partition(" ")
-    if " " in rest.strip() or rest.endswith(" ") and rest.strip():
+    if command != "/compare" and (" " in rest.strip() or rest.endswith(" ") and rest.strip()):
         return []
     words: list[str] = []
     registry = app.registry

@@ -34,6 +34,7 @@ class Column(Vertical):
 
 
 class CompareScreen(Screen):
+    AUTO_FOCUS = "#compare-prompt"
     BINDINGS = [Binding("escape", "stop_or_close", "Stop / close"), Binding("f4", "close", "Close")]
 
     def __init__(self, names: list[str], choices: list[DecoderChoice], prompt: str = ""):

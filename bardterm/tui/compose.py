@@ -30,7 +30,7 @@ class ComposePane(Vertical):
         super().__init__(**kwargs)
         self.stream: Stream | None = None
         self.pending: tuple[Location, Location] | None = None  # the continuation not yet accepted
-        self._applying = False
+        self._ours = ""  # the draft as our last edit left it, to tell the user's own edits from ours
 
     def compose(self) -> ComposeResult:
         yield TextArea(soft_wrap=True, id="draft", placeholder="Write, then Ctrl+G: the model continues at the cursor")
@@ -90,24 +90,22 @@ class ComposePane(Vertical):
 
     def _remove_pending(self) -> Location:
         start, end = self.pending
-        self._applying = True
         self.editor.delete(start, end)
-        self._applying = False
         self.editor.move_cursor(start)
         self.pending = None
         return start
 
     def _show(self, text: str) -> None:
         start, end = self.pending
-        self._applying = True
         result = self.editor.replace(sanitize(text), start, end, maintain_selection_offset=False)
-        self._applying = False
         self.pending = (start, result.end_location)
+        self._ours = self.editor.text
         self.editor.move_cursor(result.end_location)
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
-        if not self._applying and not self.generating and self.pending is not None:
-            self.pending = None  # the user typed on: the continuation is theirs now
+        if self.pending is not None and not self.generating:
+            if self.editor.text != self._ours:
+                self.pending = None  # the user edited it: the continuation is theirs now
 
     def on_stream_updated(self, event: Stream.Updated) -> None:
         event.stop()

@@ -18,7 +18,7 @@ from bardterm.errors import BardtermError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     title TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     model_name TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS turns (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a regenerated reply is a new turn
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     speaker TEXT NOT NULL,           -- 'user' or 'model'
     text TEXT NOT NULL,

@@ -1,0 +1,439 @@
+"""The app driven through Textual's Pilot, on the tiny checkpoint the tests build."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from bardterm.decoders.base import Processor
+from bardterm.engine import generate
+from bardterm.hookspecs import hookimpl
+from bardterm.plugins import load_plugins, pm
+from bardterm.registry import build
+from bardterm.tui.app import BardtermApp, Options
+from bardterm.tui.chat import TurnView
+from bardterm.tui.store import Store
+
+
+class Slow(Processor):
+    """Holds each step a little, so that a test can see a generation while it streams and stop it."""
+
+    name = "slow_test"
+    help = "Sleeps 30 ms a step."
+
+    def __call__(self, input_ids, scores):
+        time.sleep(0.03)
+        return scores
+
+
+class Broken(Processor):
+    """A plugin that goes wrong in the middle of a generation: NaN from the fourth step on."""
+
+    name = "nan_test"
+    help = "Returns NaN after three steps."
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.steps = 0
+
+    def __call__(self, input_ids, scores):
+        self.steps += 1
+        return scores if self.steps <= 3 else torch.full_like(scores, float("nan"))
+
+
+class TestPlugin:
+    @hookimpl
+    def register_decoders(self, register):
+        register(Slow)
+        register(Broken)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_plugin():
+    load_plugins()
+    pm.register(TestPlugin(), name="tui_test_plugin")
+    yield
+    pm.unregister(name="tui_test_plugin")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("BARDTERM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_app(tiny_checkpoint, home):
+    def make(**options):
+        options = {"checkpoint": str(tiny_checkpoint), "seed": 7, "max_new_tokens": 24, **options}
+        return BardtermApp(Options(**options))
+    return make
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await pilot.pause(0.02)
+
+
+async def ready(pilot):
+    await wait_for(pilot, lambda: pilot.app.loaded is not None and pilot.app.choice is not None)
+
+
+async def submit(pilot, text: str):
+    prompt = pilot.app.query_one("#prompt")
+    prompt.load_text(text)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def reply(pilot, text: str):
+    await submit(pilot, text)
+    await wait_for(pilot, lambda: not pilot.app.generating)
+    await pilot.pause()
+
+
+def messages(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def stored(home):
+    store = Store()
+    try:
+        return [[(t.speaker, t.text, t.partial) for t in c.turns] for c in store.conversations()]
+    finally:
+        store.close()
+
+
+async def test_interactive_before_model_loads_then_chat_turn(make_app, home, tokenizer, gpt2):
+    app = make_app(decoder="greedy")
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.query_one("#prompt").has_focus
+        await pilot.press(*"Hi")  # typing works at once, loading or not
+        assert app.query_one("#prompt").text == "Hi"
+        await ready(pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.generating and len(app.conversation.turns) == 2)
+        await pilot.pause()
+        user, model = app.conversation.turns
+        # the reply is what the engine gives for the play-script prompt, cut at the user's next line
+        expected = generate(gpt2, tokenizer, "ROMEO:\nHi\n\nJULIET:\n", build("greedy"), max_new_tokens=24,
+                            stop=["\nROMEO:"]).text.strip()
+        assert (user.text, model.text) == ("Hi", expected)
+        views = list(app.query(TurnView))
+        assert [v.speaker_name for v in views] == ["ROMEO", "JULIET"]
+        assert app.query_one("#prompt").text == ""
+        assert "tokens/s" in str(app.query_one("#stats").render())
+    assert stored(home) == [[("user", "Hi", False), ("model", expected, False)]]
+
+
+async def test_streams_live_then_esc_stops_and_keeps_partial(make_app, home):
+    app = make_app(max_new_tokens=100)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.choice.add(app.registry, "slow_test")
+        await submit(pilot, "Speak")
+        seen = []
+        await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
+        seen.append(app.chat.reply.body.plain)
+        assert "generating" in str(app.query_one("#stats").render())
+        await pilot.pause(0.2)
+        seen.append(app.chat.reply.body.plain)
+        assert seen[1].startswith(seen[0][:1]) and len(seen[1]) >= len(seen[0])  # it grows while streaming
+        # typing and switching panels stay responsive during generation
+        await pilot.press("f2")
+        assert app.panel.display
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.pause()
+        model = app.conversation.turns[-1]
+        assert model.speaker == "model" and model.partial
+        assert model.stats["tokens"] < 100
+        assert "stopped" in str(app.query_one("#stats").render())
+        assert "(stopped)" in str(list(app.query(TurnView))[-1].render())
+    assert stored(home)[0][-1] == ("model", model.text, True)
+
+
+async def test_regenerate_replaces_the_last_reply(make_app, home):
+    app = make_app(seed=None)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await reply(pilot, "Hello")
+        first_id = app.conversation.turns[-1].id
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not app.generating and app.conversation.turns[-1].id != first_id)
+        await pilot.pause()
+        assert [t.speaker for t in app.conversation.turns] == ["user", "model"]
+        assert len(app.query(TurnView)) == 2
+    assert [[s for s, _, _ in turns] for turns in stored(home)] == [["user", "model"]]
+
+
+async def test_plugin_nan_mid_generation_is_a_notification_and_keeps_the_conversation(make_app, home):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.choice.add(app.registry, "nan_test")
+        await reply(pilot, "Trouble")
+        assert any("nan_test" in m and "NaN" in m for m in messages(app))
+        assert app.conversation.turns[0].text == "Trouble"
+        assert app.is_running
+        # the broken plugin out of the chain, the app carries on
+        app.choice.remove("nan_test")
+        await reply(pilot, "Again")
+        assert app.conversation.turns[-1].speaker == "model" and not app.conversation.turns[-1].partial
+
+
+async def test_bad_checkpoint_and_missing_default_are_notifications(make_app, home, tmp_path, monkeypatch):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{}")
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 20)
+    app = make_app(checkpoint=str(corrupt))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loading is None and app.registry is not None)
+        await pilot.pause()
+        assert any("corrupt" in m for m in messages(app))
+        assert "no model" in str(app.query_one("#model-status").render())
+        await submit(pilot, "anyone?")
+        assert any("/load" in m for m in messages(app))
+        assert app.query_one("#prompt").text == "anyone?"  # not lost
+    monkeypatch.setattr("bardterm.models.default_checkpoint", lambda: tmp_path / "not-trained-yet")
+    app = make_app(checkpoint=None)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.registry is not None)
+        assert any("--checkpoint" in m and "bardterm train" in m for m in messages(app))
+
+
+async def test_multiline_input_and_history(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("a", "ctrl+j", "b")
+        prompt = app.query_one("#prompt")
+        assert prompt.text == "a\nb"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.generating and len(app.conversation.turns) == 2)
+        assert app.conversation.turns[0].text == "a\nb"
+        await submit(pilot, "/help")
+        await pilot.press("up")
+        assert prompt.text == "/help"
+        await pilot.press("up")
+        assert prompt.text == "a\nb"
+        await pilot.press("down", "down")  # walks back to the (empty) draft
+        assert prompt.text == ""
+
+
+async def test_decoder_panel(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        panel = app.panel
+        assert panel.display
+        registry = app.registry
+        # every registered decoder is there, plugins included, with its declared parameters
+        for name, cls in registry.decoders.items():
+            for param in cls.params:
+                assert panel.query(f"#{name}-{param.name}"), f"{name}.{param.name} has no field"
+        top_p = panel.query_one("#top_p-top_p")
+        top_p.value = "1.5"
+        await pilot.pause()
+        assert "must be" in str(top_p.parent.query_one(".error").render())
+        assert top_p.parent.has_class("-invalid")
+        assert app.choice.values["top_p"]["top_p"] == 0.95  # unchanged
+        top_p.value = "0.5"
+        await pilot.pause()
+        assert app.choice.values["top_p"]["top_p"] == 0.5 and not top_p.parent.has_class("-invalid")
+        panel.query_one("#use-top_k").value = False
+        await pilot.pause()
+        assert "top_k" not in app.choice.chain
+        await pilot.click("#up-top_p")
+        await pilot.pause()
+        assert app.choice.chain == ["repetition_penalty", "top_p", "temperature"]
+        assert [row.id for row in panel.query_one("#chain").children][:3] == [
+            "row-repetition_penalty", "row-top_p", "row-temperature"]
+        panel.query_one("#selector").value = "greedy"
+        await pilot.pause()
+        assert app.choice.selector == "greedy"
+        panel.query_one("#seed").value = "123"
+        await pilot.pause()
+        assert app.choice.seed == 123
+        panel.query_one("#preset").value = "focused"
+        await pilot.pause()
+        assert app.choice.chain == ["temperature", "top_k"] and app.choice.values["temperature"]["temperature"] == 0.7
+        assert panel.query_one("#use-top_k").value and not panel.query_one("#use-top_p").value
+        assert app.choice.seed == 123  # a preset keeps the seed
+        assert "focused" in str(app.query_one("#decoder-status").render())
+
+
+async def test_slash_commands(make_app, home, tmp_path):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await submit(pilot, "/decoder greedy")
+        assert app.choice.selector == "greedy" and app.choice.chain == []
+        await submit(pilot, "/set top_k 5")
+        assert app.choice.chain == ["top_k"] and app.choice.values["top_k"]["top_k"] == 5
+        await submit(pilot, "/set top_k -3")
+        assert any("top_k=-3" in m and "must be an integer >= 1" in m for m in messages(app)), messages(app)
+        assert app.choice.values["top_k"]["top_k"] == 5
+        await submit(pilot, "/set seed 11")
+        await submit(pilot, "/set max_new_tokens 9")
+        await submit(pilot, "/set user HAMLET")
+        await submit(pilot, "/set bard OPHELIA")
+        await submit(pilot, "/show")
+        shown = str(list(app.query(".note"))[-1].render())
+        assert "greedy" in shown and "max_new_tokens: 9" in shown and "HAMLET" in shown and "seed 11" in shown
+        await submit(pilot, "/help")
+        assert "/compare" in str(list(app.query(".note"))[-1].render())
+        await submit(pilot, "/bogus")
+        assert any("unknown command /bogus" in m for m in messages(app))
+        await submit(pilot, "/decoder nonesuch")
+        assert any("unknown decoder 'nonesuch'" in m for m in messages(app))
+        # completion: Tab completes a command and then its argument
+        app.query_one("#prompt").load_text("/exp")
+        await pilot.press("tab")
+        assert app.query_one("#prompt").text == "/export "
+        await pilot.press("j", "tab")
+        assert app.query_one("#prompt").text == "/export json "
+        app.query_one("#prompt").load_text("")
+
+        await reply(pilot, "Who goes")
+        assert app.conversation.turns[1].stats["tokens"] <= 9
+        assert [t.text for t in app.conversation.turns][0] == "Who goes"
+        await submit(pilot, "/save Night watch")
+        await submit(pilot, "/export md")
+        await submit(pilot, f"/export json {tmp_path / 'out.json'}")
+        markdown = (tmp_path / f"bardterm-conversation-{app.conversation.id}.md").read_text()
+        assert markdown.startswith("# Night watch") and "**HAMLET**:\n\nWho goes" in markdown
+        data = json.loads((tmp_path / "out.json").read_text())
+        assert data["title"] == "Night watch" and data["turns"][0]["name"] == "HAMLET"
+        await submit(pilot, "/export pdf")
+        assert any("usage: /export md|json" in m for m in messages(app))
+
+        await submit(pilot, f"/load {tmp_path / 'nowhere'}")
+        await wait_for(pilot, lambda: app.loading is None)
+        await pilot.pause()
+        assert any("does not exist" in m for m in messages(app))
+        assert app.loaded is not None  # the loaded model stays
+        await submit(pilot, f"/load {app.loaded.path}")
+        await wait_for(pilot, lambda: app.loading is None)
+
+        await submit(pilot, "/copy")
+        assert app.clipboard == app.conversation.turns[-1].text
+        await submit(pilot, "/theme nord")
+        assert app.theme == "nord"
+        await submit(pilot, "/clear")
+        assert app.conversation is None and not app.query(TurnView)
+        await submit(pilot, "/compare greedy nucleus")
+        assert type(app.screen).__name__ == "CompareScreen"
+        await pilot.press("escape")
+        await submit(pilot, "/open")
+        assert type(app.screen).__name__ == "PickerScreen"
+    assert [c[0][1] for c in stored(home)] == ["Who goes"]
+
+
+async def test_compare_streams_every_setup(make_app, tokenizer, gpt2):
+    app = make_app()
+    async with app.run_test(size=(140, 30)) as pilot:
+        await ready(pilot)
+        await submit(pilot, "/compare greedy nucleus focused")
+        screen = app.screen
+        assert [c.setup_name for c in screen.columns] == ["greedy", "nucleus", "focused"]
+        for column in screen.columns:  # slowed down, to see them all running at the same time
+            column.choice.add(app.registry, "slow_test")
+        screen.query_one("#compare-prompt").value = "To be"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: all(c.stream is not None and c.stream.latest for c in screen.columns))
+        await wait_for(pilot, lambda: not screen.generating)
+        await pilot.pause()
+        texts = [str(c.query_one(".column-text").render()) for c in screen.columns]
+        expected = generate(gpt2, tokenizer, "To be", build("greedy"), max_new_tokens=24).text
+        assert texts[0].strip() == expected.strip()
+        assert all(t.strip() for t in texts)
+        assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
+        await pilot.press("escape")
+        assert type(app.screen).__name__ != "CompareScreen"
+        await submit(pilot, "/compare greedy")
+        assert any("2 to 4" in m for m in messages(app))
+
+
+async def test_token_inspector(make_app):
+    app = make_app(decoder="greedy")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await ready(pilot)
+        await reply(pilot, "Look")
+        tokens = app.last_tokens
+        assert tokens and all(len(t.alternatives) == 5 for t in tokens)
+        assert all(t.alternatives[0][1] == pytest.approx(t.prob) for t in tokens)  # greedy picks the top one
+        await pilot.press("f3")
+        screen = app.screen
+        assert type(screen).__name__ == "InspectorScreen"
+        assert screen.query_one("#tokens").option_count == len(tokens)
+        await pilot.press("down")
+        await pilot.pause()
+        detail = screen.query_one("#token-details").content
+        assert f"{tokens[1].prob:.4f}" in str(detail.title)
+        await pilot.press("escape")
+        assert type(app.screen).__name__ != "InspectorScreen"
+
+
+async def test_compose_continue_accept_regenerate_undo(make_app):
+    app = make_app(decoder="greedy", max_new_tokens=8)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")
+        editor = app.query_one("#draft")
+        assert editor.has_focus
+        editor.load_text("To be or END")
+        editor.move_cursor((0, 9))
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.pause()
+        continued = editor.text
+        assert continued.startswith("To be or ") and continued.endswith(" END") and len(continued) > len("To be or END")
+        await pilot.press("ctrl+b")  # undo
+        assert editor.text == "To be or END"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.press("ctrl+r")  # regenerate: greedy gives the same continuation again, once
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.pause()
+        assert editor.text == continued
+        await pilot.press("ctrl+l")  # accept: undo no longer removes it
+        await pilot.press("ctrl+b")
+        assert editor.text == continued and app.composer.pending is None
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.press("x")  # typing on accepts the continuation too
+        await pilot.pause()
+        typed = editor.text
+        await pilot.press("ctrl+b")
+        assert app.composer.pending is None and editor.text == typed and "x" in typed
+
+
+async def test_resume_with_continue_and_picker(make_app, home):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await reply(pilot, "First play")
+        await submit(pilot, "/clear")
+        await reply(pilot, "Second play")
+    app = make_app(resume=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert [t.text for t in app.conversation.turns][0] == "Second play"
+        assert len(app.query(TurnView)) == 2
+        await ready(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert app.conversation.turns[0].text == "First play"
+        await reply(pilot, "More")
+        assert [t.speaker for t in app.conversation.turns] == ["user", "model", "user", "model"]
+    assert sorted(len(c) for c in stored(home)) == [2, 4]
