@@ -20,6 +20,7 @@ import torch
 
 from bardterm.decoders.base import Hypothesis, Processor
 from bardterm.errors import BardtermError
+from bardterm.kv_cache import preallocated_cache
 from bardterm.registry import DecoderSetup
 from bardterm.text import IncrementalDecoder
 
@@ -109,6 +110,8 @@ class DecodeRun:
     def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
         """Run the model on `input_ids` after `cache`; returns the next-token logits for each row."""
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        if cache is None:  # sized for the whole generation: no copying as it grows
+            cache = preallocated_cache(self.model, self.prompt_ids.shape[1] + self.max_new_tokens)
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
                          output_hidden_states=hidden, return_dict=True, **extra)
         return Step(out.logits[:, -1, :].float(), out.past_key_values, out.hidden_states[-1][:, -1, :] if hidden else None)

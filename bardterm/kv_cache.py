@@ -1,0 +1,78 @@
+"""A KV cache that is allocated once per generation instead of growing by concatenation.
+
+transformers' `DynamicLayer` appends each step's keys and values with `torch.cat`, which copies the whole
+cache and allocates a fresh buffer every token (quadratic copying, and page faults on the CPU). We know the
+final length up front (prompt + max new tokens), so each layer writes into a buffer of that size and hands the
+model views of the filled part. The model sees the same keys and values, so the logits are the same.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedConfig
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views into buffers sized for the whole generation."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        if self._buffers is None or not self._owns(self.keys) or length + key_states.shape[-2] > self._size():
+            self._reallocate(length + key_states.shape[-2], key_states)  # first call, or someone replaced keys
+        end = length + key_states.shape[-2]
+        key_buffer, value_buffer = self._buffers
+        key_buffer[..., length:end, :] = key_states
+        value_buffer[..., length:end, :] = value_states
+        self.keys, self.values = key_buffer[..., :end, :], value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i becomes row beam_idx[i], in place (the buffers stay)."""
+        if self._buffers is not None and self.get_seq_length() > 0:
+            length = self.get_seq_length()
+            for buffer in self._buffers:
+                buffer[:, :, :length] = buffer[beam_idx.to(buffer.device), :, :length]
+            self.keys, self.values = (buffer[..., :length, :] for buffer in self._buffers)
+        else:
+            super().reorder_cache(beam_idx)
+
+    def _size(self) -> int:
+        return self._buffers[0].shape[-2]
+
+    def _owns(self, tensor) -> bool:
+        return tensor is not None and (tensor.numel() == 0 or tensor.data_ptr() == self._buffers[0].data_ptr())
+
+    def _reallocate(self, needed: int, like: torch.Tensor) -> None:
+        size = max(self.capacity, needed, 2 * self._size() if self._buffers is not None else 0)
+        shape = (*like.shape[:-2], size, like.shape[-1])
+        buffers = (like.new_empty(shape), like.new_empty(shape))
+        length = self.get_seq_length()
+        if length:
+            buffers[0][..., :length, :] = self.keys
+            buffers[1][..., :length, :] = self.values
+        self._buffers = buffers
+
+
+def preallocated_cache(model, capacity: int):
+    """A cache for `model` whose full-attention layers are preallocated for `capacity` positions.
+
+    Layers of other kinds (sliding windows, linear attention) keep their own transformers implementation.
+    Returns None for a model that is not a transformers model: it then makes its own cache.
+    """
+    if not isinstance(getattr(model, "config", None), PreTrainedConfig):
+        return None
+    cache = DynamicCache(config=model.config)
+    if cache.layers:
+        cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer
+                        for layer in cache.layers]
+    else:
+        cache.layer_class_to_replicate = lambda: PreallocatedLayer(capacity)
+    return cache
