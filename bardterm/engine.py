@@ -20,6 +20,7 @@ import torch
 
 from bardterm.decoders.base import Hypothesis, Processor
 from bardterm.errors import BardtermError
+from bardterm.fast_gpt2 import gpt2_decode_step
 from bardterm.kv_cache import preallocated_cache
 from bardterm.registry import DecoderSetup
 from bardterm.text import IncrementalDecoder
@@ -106,12 +107,16 @@ class DecodeRun:
         self.eos_token_ids = eos_token_ids
         self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
 
     def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
         """Run the model on `input_ids` after `cache`; returns the next-token logits for each row."""
-        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        if cache is None:  # sized for the whole generation: no copying as it grows
+        if cache is None:  # the prompt: a cache sized for the whole generation, so no copying as it grows
             cache = preallocated_cache(self.model, self.prompt_ids.shape[1] + self.max_new_tokens)
+            self._fast_step = gpt2_decode_step(self.model) if cache is not None else None
+        elif self._fast_step is not None and not hidden and input_ids.shape[1] == 1:
+            return Step(self._fast_step(input_ids, cache).float(), cache)
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
                          output_hidden_states=hidden, return_dict=True, **extra)
         return Step(out.logits[:, -1, :].float(), out.past_key_values, out.hidden_states[-1][:, -1, :] if hidden else None)

@@ -307,3 +307,63 @@ def test_beam_search_streams_its_best_hypothesis_with_a_committed_prefix(gpt2, t
 def test_invalid_generation_options_are_refused(gpt2, tokenizer, options, message):
     with pytest.raises(BardtermError, match=message):
         Generation(gpt2, tokenizer, "To be", build("greedy"), **options)
+
+
+def test_the_lean_gpt2_step_gives_exactly_the_models_logits(gpt2, tokenizer):
+    from transformers import DynamicCache
+
+    from bardterm.fast_gpt2 import gpt2_decode_step
+    from bardterm.kv_cache import preallocated_cache
+
+    step = gpt2_decode_step(gpt2)
+    assert step is not None
+    prompt = torch.tensor([tokenizer.encode("To be, or not")]).repeat(3, 1)  # three rows, as in beam search
+    ours, theirs = preallocated_cache(gpt2, prompt.shape[1] + 6), DynamicCache(config=gpt2.config)
+    with torch.no_grad():
+        gpt2(input_ids=prompt, past_key_values=ours, use_cache=True)
+        gpt2(input_ids=prompt, past_key_values=theirs, use_cache=True)
+        next_ids = torch.tensor([[5], [17], [42]])
+        for _ in range(6):
+            fast = step(next_ids, ours)
+            reference = gpt2(input_ids=next_ids, past_key_values=theirs, use_cache=True).logits[:, -1]
+            assert torch.equal(fast, reference)
+            next_ids = fast.argmax(dim=-1, keepdim=True)
+    assert ours.get_seq_length() == theirs.get_seq_length() == prompt.shape[1] + 6
+
+
+def test_the_lean_step_is_only_used_where_it_is_exact(gpt2, llama):
+    from bardterm.fast_gpt2 import gpt2_decode_step
+
+    assert gpt2_decode_step(llama) is None  # another architecture
+    handle = gpt2.transformer.h[0].register_forward_hook(lambda *args: None)
+    try:
+        assert gpt2_decode_step(gpt2) is None  # a hook must see every call
+    finally:
+        handle.remove()
+    gpt2.train()
+    try:
+        assert gpt2_decode_step(gpt2) is None  # dropout on
+    finally:
+        gpt2.eval()
+    assert gpt2_decode_step(gpt2) is not None
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_the_preallocated_cache_matches_the_dynamic_one_past_capacity_and_reordered(request, name):
+    from transformers import DynamicCache
+
+    from bardterm.kv_cache import preallocated_cache
+
+    model = request.getfixturevalue(name)
+    ours, theirs = preallocated_cache(model, 4), DynamicCache(config=model.config)  # capacity 4: it must grow
+    ids = torch.tensor([[3, 9, 27], [8, 1, 64]])
+    with torch.no_grad():
+        for step in range(6):
+            if step == 3:  # as beam search does: the rows swap
+                ours.reorder_cache(torch.tensor([1, 0]))
+                theirs.reorder_cache(torch.tensor([1, 0]))
+            mine = model(input_ids=ids, past_key_values=ours, use_cache=True).logits[:, -1]
+            reference = model(input_ids=ids, past_key_values=theirs, use_cache=True).logits[:, -1]
+            assert torch.equal(mine, reference)
+            ids = mine.argmax(dim=-1, keepdim=True)
+    assert ours.get_seq_length() == 3 + 5

@@ -1,0 +1,61 @@
+"""A lean decode step for GPT-2 models: the same tensor operations as transformers' GPT-2, in the same order,
+without the module calls, output objects and mask bookkeeping around them.
+
+On a small model most of a decode step is Python overhead rather than arithmetic; this removes most of it. It
+is used only where it is exact: a `GPT2LMHeadModel` in eval mode with SDPA attention, no cross-attention, no
+hooks (hooks must see every call), one new token per row. Anything else takes the ordinary `model(...)` path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules import module as torch_module
+
+
+def gpt2_decode_step(model):
+    """Return `step(input_ids (batch, 1), cache) -> logits (batch, vocab)` for `model`, or None if not exact."""
+    from transformers import GPT2LMHeadModel
+
+    config = model.config
+    if not (isinstance(model, GPT2LMHeadModel) and not model.training and config._attn_implementation == "sdpa"
+            and not config.add_cross_attention and not _has_hooks(model)):
+        return None
+    if config.reorder_and_upcast_attn and config._attn_implementation == "eager":
+        return None
+    transformer, width = model.transformer, config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = width // heads
+    blocks = [(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.attn.scaling, block.ln_2, block.mlp.c_fc,
+               block.mlp.act, block.mlp.c_proj) for block in transformer.h]
+    ln_f, wte, wpe, head = transformer.ln_f, transformer.wte.weight, transformer.wpe.weight, model.lm_head.weight
+    positions = torch.arange(wpe.shape[0], device=wpe.device)
+
+    def layer_norm(norm, x):
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def conv1d(conv, x):  # transformers' Conv1D: x @ weight + bias
+        return torch.addmm(conv.bias, x.view(-1, x.shape[-1]), conv.weight).view(*x.shape[:-1], conv.nf)
+
+    def step(input_ids: torch.Tensor, cache) -> torch.Tensor:
+        rows = input_ids.shape[0]
+        seen = cache.get_seq_length()
+        hidden = F.embedding(input_ids, wte) + F.embedding(positions[seen:seen + 1].view(1, 1), wpe)
+        for index, (ln_1, c_attn, c_proj, scaling, ln_2, c_fc, act, mlp_proj) in enumerate(blocks):
+            query, key, value = conv1d(c_attn, layer_norm(ln_1, hidden)).split(width, dim=2)
+            query, key, value = (t.view(rows, 1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
+            key, value = cache.update(key, value, index)
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                                      scale=scaling, is_causal=False)
+            attended = attended.transpose(1, 2).contiguous().reshape(rows, 1, width).contiguous()
+            hidden = conv1d(c_proj, attended) + hidden
+            hidden = hidden + conv1d(mlp_proj, act(conv1d(c_fc, layer_norm(ln_2, hidden))))
+        return F.linear(layer_norm(ln_f, hidden), head)[:, -1, :]
+
+    return step
+
+
+def _has_hooks(model) -> bool:
+    if any((torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks)):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
