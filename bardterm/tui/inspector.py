@@ -3,6 +3,8 @@ at that step (after the processor chain), the way llama.cpp's n_probs shows them
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,8 +14,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from bardterm.engine import TokenInfo
 from bardterm.text import sanitize
+
+if TYPE_CHECKING:
+    from bardterm.engine import TokenInfo
 
 
 def visible(piece: str) -> str:
@@ -42,8 +46,8 @@ class InspectorScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="inspector"):
-            options = [Option(Text.assemble((f"{i:>4} ", "dim"), visible(t.text).ljust(14), f" {t.prob:6.3f}"))
-                       for i, t in enumerate(self.tokens)]
+            options = [Option(Text.assemble((f"{i:>3} ", "dim"), visible(t.text)[:12].ljust(12), f" {t.prob:.3f}"),
+                              ) for i, t in enumerate(self.tokens)]
             yield OptionList(*options, id="tokens")
             yield Static("", id="token-details")
         yield Label("↑/↓ pick a token · Esc close", id="inspector-help")

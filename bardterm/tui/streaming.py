@@ -8,13 +8,16 @@ newest update when it gets round to it; `Finished` or `Failed` always comes last
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.message import Message
 
-from bardterm.engine import Generation, Result, Stats, Update
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
+
+if TYPE_CHECKING:  # the engine imports torch: only the worker threads need it
+    from bardterm.engine import Generation, Result, Stats, Update
 
 
 class Stream:
