@@ -239,7 +239,7 @@ class BardtermApp(App):
             self.chat.regenerate()
 
     def show_stats(self, text: str) -> None:
-        self.query_one("#stats", Static).update(text)
+        self.query_one("#stats", Static).update(text, layout=False)  # its size is fixed: no relayout per frame
 
     def show_decoder(self) -> None:
         if self.choice is not None:

@@ -31,6 +31,7 @@ class ComposePane(Vertical):
         self.stream: Stream | None = None
         self.pending: tuple[Location, Location] | None = None  # the continuation not yet accepted
         self._ours = ""  # the draft as our last edit left it, to tell the user's own edits from ours
+        self._shown = ""  # the continuation as it stands in the editor
 
     def compose(self) -> ComposeResult:
         yield TextArea(soft_wrap=True, id="draft", placeholder="Write, then Ctrl+G: the model continues at the cursor")
@@ -97,7 +98,12 @@ class ComposePane(Vertical):
 
     def _show(self, text: str) -> None:
         start, end = self.pending
-        result = self.editor.replace(sanitize(text), start, end, maintain_selection_offset=False)
+        text = sanitize(text)
+        if text.startswith(self._shown) and end != start:  # append only what is new: a frame stays cheap
+            result = self.editor.insert(text[len(self._shown):], end, maintain_selection_offset=False)
+        else:  # the first frame, or a beam search revised its text
+            result = self.editor.replace(text, start, end, maintain_selection_offset=False)
+        self._shown = text
         self.pending = (start, result.end_location)
         self._ours = self.editor.text
         self.editor.move_cursor(result.end_location)

@@ -1,23 +1,32 @@
 """One `Generation` running in a thread worker, its updates delivered to a widget as messages.
 
-The worker never waits on the UI: it keeps only the newest `Update` and posts a message when none is
-pending (`post_message` is thread-safe), so a slow repaint costs frames, not tokens. The widget takes the
-newest update when it gets round to it; `Finished` or `Failed` always comes last.
+The worker never waits on the UI: it keeps only the newest `Update` and posts a message when no frame is
+pending (`post_message` is thread-safe). The widget takes the newest update and the next frame is allowed
+only later, so the UI repaints at a pace it can afford: every repaint is Python holding the GIL and a core
+that the model's own threads would use. The pace adapts: frames come at most 30 times a second, and further
+apart when the UI thread's CPU time since the last frame says they cost more than `UI_SHARE` of the time.
+The last token of a burst still shows within one frame; `Finished` or `Failed` always comes last.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.message import Message
 
 from bardterm.errors import BardtermError
+
 from bardterm.text import sanitize
 
 if TYPE_CHECKING:  # the engine imports torch: only the worker threads need it
     from bardterm.engine import Generation, Result, Stats, Update
+
+FRAME_S = 1 / 30  # fastest repaint
+SLOWEST_FRAME_S = 0.25  # slowest, however costly a frame is: the text must still look live
+UI_SHARE = 0.05  # of the time, what repainting may take from the model
 
 
 class Stream:
@@ -44,7 +53,9 @@ class Stream:
         self.tag = tag  # what the target needs to know which of its streams this is
         self.latest: Update | None = None
         self.running = False
-        self._pending = False
+        self._pending = False  # a frame is posted or scheduled
+        self._shown: Update | None = None
+        self._ui_time = time.thread_time()
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -56,10 +67,19 @@ class Stream:
         self.generation.cancel()
 
     def take(self) -> Update | None:
-        """The newest update (called by the widget on `Updated`)."""
+        """The newest update (called by the widget on `Updated`), and the next frame scheduled."""
         with self._lock:
-            self._pending = False
-            return self.latest
+            self._shown = self.latest
+        ui_time = time.thread_time()  # CPU time of the UI thread: what the last frame (and all else) cost
+        used, self._ui_time = ui_time - self._ui_time, ui_time
+        self.target.set_timer(min(SLOWEST_FRAME_S, max(FRAME_S, used / UI_SHARE)), self._next_frame)
+        return self._shown
+
+    def _next_frame(self) -> None:
+        with self._lock:
+            self._pending = self.running and self.latest is not self._shown
+        if self._pending:
+            self.target.post_message(Stream.Updated(self))
 
     def _run(self) -> None:
         try:
