@@ -36,7 +36,7 @@ class PreallocatedLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: row i becomes row beam_idx[i], in place (the buffers stay)."""
-        if self._buffers is not None and self.get_seq_length() > 0:
+        if self._buffers is not None and self._owns(self.keys) and self.get_seq_length() > 0:
             length = self.get_seq_length()
             for buffer in self._buffers:
                 buffer[:, :, :length] = buffer[beam_idx.to(buffer.device), :, :length]
