@@ -105,10 +105,11 @@ def test_chat_frame_prompt_and_stop():
     frame = ChatFrame("ROMEO", "JULIET")
     turns = [Turn("user", "Hello "), Turn("model", "Good morrow")]
     assert frame.prompt(turns) == "ROMEO:\nHello\n\nJULIET:\nGood morrow\n\nJULIET:\n"
-    assert frame.stop() == ["\nROMEO:"]
+    assert frame.stop() == ["\n\n", "\nROMEO:"]
     custom = ChatFrame("Q", "A", template="[{name}] {text}\n")
     assert custom.prompt([Turn("user", "hi")]) == "[Q] hi\n[A] "
-    assert custom.stop() == ["\n[Q]"]
+    assert custom.stop() == ["\n", "\n[Q]"]
+    assert ChatFrame(template="{name}: {text}").stop() == ["\nROMEO:"]
 
 
 @pytest.mark.parametrize("template", ["{text}", "{text} {name}", "{name}: {text} {other}", "{name} {text} {"])
@@ -183,3 +184,42 @@ def test_styled_dims_the_tail_and_neutralises_control_characters():
     text = styled("safe\x1b[31mred", 4)
     assert text.plain == "safe\\x1b[31mred"
     assert [(span.start, span.style) for span in text.spans] == [(4, "dim")]
+
+
+def test_importing_the_tui_entry_point_is_cheap():
+    """`bardterm --help` imports bardterm.tui: it must not pull in textual, torch or transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, bardterm.tui; print(sorted(m for m in ('textual', 'torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_cli_options_reach_the_app(monkeypatch, tmp_path):
+    from bardterm.cli import build_parser
+    from bardterm.tui import app as app_module
+    from bardterm.tui import run
+
+    launched = []
+    monkeypatch.setattr(app_module.BardtermApp, "run", lambda self: launched.append(self.options))
+    args = build_parser().parse_args(["--checkpoint", str(tmp_path), "--continue", "--decoder", "greedy", "--seed",
+                                      "9", "--user-name", "HAMLET", "--template", "{name}: {text}\\n",
+                                      "--max-new-tokens", "50"])
+    assert run(args) == 0
+    [options] = launched
+    assert (options.checkpoint, options.resume, options.decoder, options.seed, options.user_name,
+            options.template, options.max_new_tokens) == (str(tmp_path), True, "greedy", 9, "HAMLET",
+                                                          "{name}: {text}\n", 50)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--template", "{text} only"], "invalid template"),
+    (["--plugin", "no_such_plugin_module_xyz"], "--plugin no_such_plugin_module_xyz"),
+])
+def test_bad_cli_options_are_one_line_errors(argv, message, capsys):
+    from bardterm.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -40,8 +40,10 @@ class ChatFrame:
         return written + self._opening(self.model_name)
 
     def stop(self) -> list[str]:
-        """The user's next line: a newline, then how the template opens a turn, up to the text."""
-        return ["\n" + self._opening(self.user_name).strip()]
+        """Where the model's turn is over: the template's end of a turn (a blank line in a play script,
+        which comes before any next speaker), or the start of the user's next line."""
+        ending = self.template.split("{text}")[1]
+        return [s for s in dict.fromkeys([ending.strip(" "), "\n" + self._opening(self.user_name).strip()]) if s]
 
     def name_of(self, speaker: str) -> str:
         return self.user_name if speaker == "user" else self.model_name
