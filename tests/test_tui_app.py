@@ -342,9 +342,9 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2):
     app = make_app()
     async with app.run_test(size=(140, 30)) as pilot:
         await ready(pilot)
-        await submit(pilot, "/compare greedy nucleus focused")
+        await pilot.press("f4")
         screen = app.screen
-        assert [c.setup_name for c in screen.columns] == ["greedy", "nucleus", "focused"]
+        assert [c.setup_name for c in screen.columns] == ["greedy", "beam", "nucleus"]
         for column in screen.columns:  # slowed down, to see them all running at the same time
             column.choice.add(app.registry, "slow_test")
         screen.query_one("#compare-prompt").value = "To be"
@@ -359,6 +359,9 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2):
         assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
         await pilot.press("escape")
         assert type(app.screen).__name__ != "CompareScreen"
+        await submit(pilot, "/compare greedy top_k focused sample")
+        assert [c.setup_name for c in app.screen.columns] == ["greedy", "top_k", "focused", "sample"]
+        await pilot.press("escape")
         await submit(pilot, "/compare greedy")
         assert any("2 to 4" in m for m in messages(app))
 

@@ -78,7 +78,7 @@ def test_decoder_panel(snap_compare, app):
 def test_compare(snap_compare, app):
     async def run_before(pilot):
         await settle(pilot)
-        await say(pilot, "/compare greedy nucleus focused")
+        await pilot.press("f4")  # greedy, beam search and nucleus sampling
         pilot.app.screen.query_one("#compare-prompt").value = "To be"
         await pilot.press("enter")
         await pilot.pause()
@@ -96,6 +96,7 @@ def test_token_inspector(snap_compare, app):
         await say(pilot, "Speak")
         await pilot.press("f3", "down", "down")
         await pilot.pause()
+    app.options.decoder = "nucleus"
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 

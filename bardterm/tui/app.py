@@ -392,30 +392,20 @@ class BardtermApp(App):
         self.copy_to_clipboard(reply)
         self.notify("copied the last reply")
 
-    def open_compare(self, names: list[str], choices=None) -> None:
+    def open_compare(self, names: list[str]) -> None:
         from bardterm.tui.compare import CompareScreen
         from bardterm.tui.settings import DecoderChoice
 
         self._need_registry()
-        seed = self.choice.seed
-        choices = choices or [DecoderChoice.from_name(self.registry, name, seed) for name in names]
-        for name, choice in zip(names, choices):
-            choice.setup(self.registry)  # refuse a bad setup now, not in the middle of the run
+        choices = [DecoderChoice.from_name(self.registry, name, self.choice.seed) for name in names]
         last = next((t.text for t in reversed(self.conversation.turns) if t.speaker == "user"), "") \
             if self.conversation else ""
         self.push_screen(CompareScreen(names, choices, last))
 
     def action_compare(self) -> None:
-        import copy
-
+        """F4: the study notes' lesson made visible: greedy, beam search and nucleus sampling side by side."""
         try:
-            self._need_registry()
-            from bardterm.tui.settings import DecoderChoice
-
-            names = ["current", "greedy", "nucleus"]
-            choices = [copy.deepcopy(self.choice)] + [DecoderChoice.from_name(self.registry, n, self.choice.seed)
-                                                      for n in names[1:]]
-            self.open_compare(names, choices)
+            self.open_compare(["greedy", "beam", "nucleus"])
         except BardtermError as error:
             self.notify(str(error), severity="error")
 
