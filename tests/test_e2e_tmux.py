@@ -71,7 +71,7 @@ def test_prompt_stream_cancel_quit(tiny_checkpoint, tmp_path):
     session = f"bardterm-e2e-{tmp_path.name}"
     command = " ".join(shlex.quote(part) for part in [
         "env", f"BARDTERM_HOME={home}", bardterm_executable(), "--checkpoint", str(tiny_checkpoint),
-        "--plugin", str(plugin), "--decoder", "slow_e2e", "--seed", "1", "--max-new-tokens", "120"])
+        "--plugin", str(plugin), "--decoder", "slow_e2e", "--template", "{name}: {text}", "--seed", "1", "--max-new-tokens", "120"])
     # remain-on-exit keeps the pane (and any error bardterm printed) after it exits, for the checks below
     started = tmux("new-session", "-d", "-s", session, "-x", "110", "-y", "32", command,
                    ";", "set-option", "-t", session, "remain-on-exit", "on")

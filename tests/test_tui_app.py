@@ -133,7 +133,8 @@ async def test_interactive_before_model_loads_then_chat_turn(make_app, home, tok
 
 
 async def test_streams_live_then_esc_stops_and_keeps_partial(make_app, home):
-    app = make_app(max_new_tokens=100)
+    # a template with no end-of-turn text: the random model cannot end its turn by chance before Esc
+    app = make_app(max_new_tokens=100, template="{name}: {text}")
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         app.choice.add(app.registry, "slow_test")

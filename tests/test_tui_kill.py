@@ -35,7 +35,8 @@ class Plugin:
 async def main():
     load_plugins()
     pm.register(Plugin(), name="kill_test")
-    app = BardtermApp(Options(checkpoint=sys.argv[1], seed=3, max_new_tokens=6, decoder="greedy"))
+    app = BardtermApp(Options(checkpoint=sys.argv[1], seed=3, max_new_tokens=6, decoder="greedy",
+                              template="{name}: {text}"))
     async with app.run_test() as pilot:
         while app.loaded is None or app.choice is None:
             await pilot.pause(0.05)

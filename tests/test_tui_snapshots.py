@@ -43,6 +43,8 @@ async def settle(pilot, condition=lambda app: True, timeout: float = 30.0):
         assert time.monotonic() < deadline, "timed out waiting"
         await pilot.pause(0.02)
     await pilot.pause()
+    for editor in app.screen.query("TextArea, Input"):
+        editor.cursor_blink = False  # a blinking cursor is caught on or off at random
     app.clear_notifications()
     if app.query("#stats"):
         app.show_stats(STATS)
