@@ -266,8 +266,10 @@ def main(argv=None) -> int:
     tokens = args.tokens or (16 if args.quick else 256)
     repeats = args.repeats or (1 if args.quick else 3)
     output = args.output or (None if args.quick else RESULTS)
-    lines = [describe_machine(), f"{tokens} new tokens, batch 1, CPU, median of {repeats} alternating runs", "",
-             HEADER]
+    lines = [describe_machine(), f"{tokens} new tokens, batch 1, CPU, median of {repeats} alternating runs; "
+             "ratio = bardterm tok/s / generate() tok/s (targets: >= 1.0x on distilgpt2-shaped, >= 1.5x on 10M "
+             "for greedy and nucleus); ttft = time to first token; peak = resident memory of a fresh process, "
+             "(gen) = the part the generation added; generate() cannot stream beams, so no ttft there", "", HEADER]
     print("\n".join(lines), flush=True)
 
     def log(line):

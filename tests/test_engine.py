@@ -262,6 +262,10 @@ class Faulty(Processor):
             return scores.tolist()
         if self.behaviour == "nan":
             return scores * float("nan")
+        if self.behaviour in ("one nan", "+inf"):
+            scores = scores.clone()
+            scores[0, 3] = float("nan") if self.behaviour == "one nan" else float("inf")
+            return scores
         if self.behaviour == "all -inf":
             return torch.full_like(scores, -float("inf"))
         return scores
@@ -269,7 +273,7 @@ class Faulty(Processor):
 
 @pytest.mark.parametrize("behaviour, message", [
     ("raise", "raised ValueError: boom"), ("shape", "returned scores of shape"), ("type", "shape list"),
-    ("nan", "NaN"), ("all -inf", "ruled out every token")])
+    ("nan", "NaN"), ("one nan", "NaN"), ("+inf", "+inf"), ("all -inf", "ruled out every token")])
 def test_a_misbehaving_processor_is_a_decoder_fault_naming_it(gpt2, tokenizer, behaviour, message):
     run = DecodeRun(gpt2, torch.tensor([[1, 2]]), [Faulty(behaviour)], torch.Generator(), 5, 0, {0})
     with pytest.raises(DecoderFault, match="'faulty'") as caught:
