@@ -160,6 +160,18 @@ async def test_streams_live_then_esc_stops_and_keeps_partial(make_app, home):
     assert stored(home)[0][-1] == ("model", model.text, True)
 
 
+async def test_quitting_mid_reply_keeps_the_partial_turn(make_app, home):
+    app = make_app(max_new_tokens=100, template="{name}: {text}")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.choice.add(app.registry, "slow_test")
+        await submit(pilot, "Farewell")
+        await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
+        await pilot.press("ctrl+q")
+    [[user, model]] = stored(home)
+    assert user == ("user", "Farewell", False) and model[2] and model[1]
+
+
 async def test_regenerate_replaces_the_last_reply(make_app, home):
     app = make_app(seed=None)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -437,6 +437,7 @@ class BardtermApp(App):
         super().notify(sanitize(str(message)), title=title, severity=severity, timeout=timeout, markup=markup)
 
     async def action_quit(self) -> None:
+        self.chat.keep_partial()
         self.action_stop()
         self.exit()
 

@@ -173,6 +173,13 @@ class ChatPane(Vertical):
         if self.stream is not None:
             self.stream.cancel()
 
+    def keep_partial(self) -> None:
+        """The app is quitting mid-reply: save what has arrived, as a stopped turn."""
+        if self.stream is not None:
+            self.stream.cancel()
+            latest = self.stream.latest
+            self._end(latest.text if latest else "", True, latest.stats.as_dict() if latest else {})
+
     def on_stream_updated(self, event: Stream.Updated) -> None:
         event.stop()
         update = event.stream.take()
@@ -184,6 +191,8 @@ class ChatPane(Vertical):
 
     def on_stream_finished(self, event: Stream.Finished) -> None:
         event.stop()
+        if event.stream is not self.stream:  # already ended (kept as partial when the app quit)
+            return
         result = event.result
         cancelled = result.stop_reason == "cancelled"
         self._end(result.text, cancelled, result.stats.as_dict())
@@ -194,6 +203,8 @@ class ChatPane(Vertical):
 
     def on_stream_failed(self, event: Stream.Failed) -> None:
         event.stop()
+        if event.stream is not self.stream:
+            return
         latest = event.stream.latest
         self._end(latest.text if latest else "", True, latest.stats.as_dict() if latest else {})
         self.app.notify(event.error, title="generation stopped", severity="error", timeout=10)
