@@ -27,6 +27,8 @@ from pathlib import Path
 
 from bardterm.errors import BardtermError
 
+PLOT_EVERY_EVALS = 10  # loss.png is redrawn every this many evaluations, on Ctrl+C, and at the end
+
 
 def lr_at(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
     """Linear warmup over `warmup` steps, then cosine decay to `min_ratio * lr` at step `total`."""
@@ -326,6 +328,10 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     mp = _mixed_precision(config["mixed_precision"])
     if mp != "no" and not torch.cuda.is_available() and mp == "fp16":
         raise BardtermError("--mixed-precision fp16 needs a GPU; use bf16 or no on a CPU")
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mp:
+        AcceleratorState._reset_state()  # a second run in one process (tests, benchmarks) with other settings
     accelerator = Accelerator(mixed_precision=mp)
     world = accelerator.num_processes
     rank = accelerator.process_index
@@ -404,11 +410,12 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
                 "bad_evals": bad_evals, "tokens_seen": tokens_seen, "window_losses": window_losses,
                 "wall_time": elapsed_before + (time.time() - t_start), "bardterm_version": __version__}
 
-    def save_last_and_resume():
+    def save_last_and_resume(plot: bool = False):
         if accelerator.is_main_process:
             ckpt.save_model_dir(raw_model, tokenizer, meta("last"), run_dir / "last", top_level=False)
             ckpt.save_resume(run_dir, raw_model, optimizer, trainer_state())
-            _plot(history, run_dir / "loss.png")
+            if plot:
+                _plot(history, run_dir / "loss.png")
         accelerator.wait_for_everyone()
 
     def evaluate_now(train_loss):
@@ -520,7 +527,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
                 say(f"eval step {step}: train {train_loss:.4f}  val {record['val_loss']:.4f}  "
                     f"val nats/char {record['val_nats_per_char']:.4f}  ({record['val_bits_per_char']:.4f} bits/char)"
                     f"{'  best, saved' if improved else '  (best %.4f at step %s)' % (best['val_loss'], best['step'])}")
-                save_last_and_resume()
+                save_last_and_resume(plot=len(history) % PLOT_EVERY_EVALS == 0)
                 t_window, window_tokens = time.perf_counter(), 0
                 if config["patience"] and bad_evals >= config["patience"]:
                     early = True
@@ -530,7 +537,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
                 stopped = True
                 break
         if stopped:
-            save_last_and_resume()
+            save_last_and_resume(plot=True)
     if stopped:
         say(f"stopped at step {step}/{total}; state saved. Resume with: bardterm train --output {run_dir} --resume")
         return 130
