@@ -353,3 +353,16 @@ def test_bf16_mixed_precision_on_cpu(text_file, tmp_path):
                            "--eval-interval", "2")) == 0
     meta = json.loads((out / "bardterm.json").read_text())
     assert meta["derived"]["mixed_precision"] == "bf16" and math.isfinite(meta["best"]["val_loss"])
+
+
+def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text(text_file.read_text())
+    out = tmp_path / "run"
+    assert cli(*train_args(data, out, "--max-steps", "2", "--eval-interval", "2")) == 0
+    data.write_text(text_file.read_text().replace("e", "a"))  # same path, different text
+    capsys.readouterr()
+    assert cli(*train_args(data, out, "--resume", "--max-steps", "4")) == 2
+    assert "cannot resume exactly" in capsys.readouterr().err
+    assert cli(*train_args(text_file, out, "--resume", "--max-steps", "4")) == 2
+    assert "--dataset differ" in capsys.readouterr().err

@@ -179,6 +179,38 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the Hub endpoint, so an offline machine fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class _quiet_hub:
+    """Silence huggingface_hub's retry warnings; failures become one BardtermError line instead."""
+
+    def __enter__(self):
+        from huggingface_hub.utils import logging as hub_logging
+
+        self._logger = hub_logging.get_logger()
+        self._level = self._logger.level
+        self._logger.setLevel("ERROR")
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
 def load_base(config: dict):
     """(model, tokenizer) of a pretrained base: a local directory or a Hub id (cache or network)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -187,20 +219,32 @@ def load_base(config: dict):
     looks_local = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1] or Path(base).exists()
     if looks_local and not Path(base).expanduser().is_dir():
         raise BardtermError(f"base {base} is not a directory; give a checkpoint directory, a Hub id, or --base scratch")
+    local_only = True
     try:
-        model_config = AutoConfig.from_pretrained(base)
-    except (OSError, ValueError) as error:
-        raise BardtermError(
+        model_config = AutoConfig.from_pretrained(base, local_files_only=True)  # a directory or the cache
+    except (OSError, ValueError):
+        model_config = None
+    if model_config is None:
+        local_only = False
+        unreachable = BardtermError(
             f"cannot load base model {base!r}: it is not a local directory, not in the Hugging Face cache, and the "
             "Hub is unreachable or has no such model; connect and retry, pass --base DIR for a local checkpoint, or "
             "train from scratch with --base scratch --preset small"
-        ) from None
+        )
+        if not _hub_reachable():
+            raise unreachable
+        try:
+            with _quiet_hub():
+                model_config = AutoConfig.from_pretrained(base)
+        except (OSError, ValueError):
+            raise unreachable from None
     for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "hidden_dropout", "attention_dropout"):
         if hasattr(model_config, key):
             setattr(model_config, key, config["dropout"])
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, config=model_config)
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        with _quiet_hub():
+            model = AutoModelForCausalLM.from_pretrained(base, config=model_config, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=local_only)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BardtermError(f"cannot load base model {base!r} ({first[:160]}); check the id or directory") from None
@@ -285,6 +329,9 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     config = {k: v for k, v in config.items() if not k.startswith("_")}
 
     dataset = load_dataset(config["dataset"], data_file=config.get("data_file"))
+    if saved_state and saved_state.get("dataset_sha256") not in (None, dataset.sha256):
+        raise BardtermError(f"dataset {dataset.name} is not the text the run in {run_dir} was trained on (sha256 "
+                            "differs), so it cannot resume exactly; point it at the same data or start a new run")
 
     import torch
     from accelerate import Accelerator
@@ -406,7 +453,8 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         }
 
     def trainer_state() -> dict:
-        return {"step": step, "total_steps": total, "config": config, "history": history, "best": best,
+        return {"step": step, "total_steps": total, "config": config, "dataset_sha256": dataset.sha256,
+                "history": history, "best": best,
                 "bad_evals": bad_evals, "tokens_seen": tokens_seen, "window_losses": window_losses,
                 "wall_time": elapsed_before + (time.time() - t_start), "bardterm_version": __version__}
 
