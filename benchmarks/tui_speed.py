@@ -10,7 +10,7 @@ headless; "interactive" is when Textual reports the app ready for input, "model 
 loaded in its worker. Throughput is measured in the app through Compose (Ctrl+G continues the draft; no stop
 strings), from the key press to the moment the UI has handled the last token. The engine runs the same
 `Generation` with no UI in the same process. App and engine runs alternate so machine load hits both alike;
-medians are reported. Targets (issue 4): interactive <= 1.5 s, app >= 95% of the engine's tokens/s.
+medians are reported, and the median of the per-round ratios. Targets (issue 4): interactive <= 1.5 s, app >= 95% of the engine's tokens/s.
 """
 
 from __future__ import annotations
@@ -164,6 +164,9 @@ def main() -> None:
         runs = launch(checkpoint, options.tokens, options.repeats, scratch / "home-runs")
         ratio = runs["app_tokens_per_s"] / runs["engine_tokens_per_s"]
         ratio_plain = runs["app_tokens_per_s"] / runs["engine_plain_tokens_per_s"]
+        # each app run is followed at once by its engine runs: the ratio within a round is less exposed to
+        # the load other processes put on the machine than the ratio of medians taken across rounds
+        paired = statistics.median(a / e for a, e in zip(runs["app_runs"], runs["engine_runs"]))
         results = [
             f"model: {runs['parameters'] / 1e6:.2f}M parameters on {runs['device']} ({runs['dtype']}); "
             f"tokens per run: {runs['tokens']}",
@@ -180,6 +183,8 @@ def main() -> None:
             f"[{listing(runs['engine_plain_runs'], 1)}]",
             f"app / engine (same settings): {ratio:.1%}  target >= 95%: {'met' if ratio >= 0.95 else 'NOT met'}",
             f"app / engine (without top-5): {ratio_plain:.1%}",
+            f"app / engine, median of the per-round ratios (same settings): {paired:.1%}  target >= 95%: "
+            f"{'met' if paired >= 0.95 else 'NOT met'}",
         ]
         print("\n".join(results))
         if not options.quick:
