@@ -110,13 +110,27 @@ def stored(home):
         store.close()
 
 
-async def test_interactive_before_model_loads_then_chat_turn(make_app, home, tokenizer, gpt2):
+async def test_interactive_before_model_loads_then_chat_turn(make_app, home, tokenizer, gpt2, monkeypatch):
+    import bardterm.models
+
+    load = bardterm.models.load_checkpoint
+
+    def slow_load(*args, **kwargs):  # a model that takes a while to load, as a real one does
+        time.sleep(1.0)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(bardterm.models, "load_checkpoint", slow_load)
     app = make_app(decoder="nucleus")
     async with app.run_test(size=(100, 30)) as pilot:
         assert app.query_one("#prompt").has_focus
-        await pilot.press(*"Hi")  # typing works at once, loading or not
+        await pilot.press(*"Hi")  # typing works at once, while the model loads
         assert app.query_one("#prompt").text == "Hi"
+        assert app.loaded is None and app.query_one("#loading").display
+        assert "loading tiny" in str(app.query_one("#model-status").render())
+        await pilot.press("enter")  # too early: said so, and the text stays
+        assert any("still loading" in m for m in messages(app)) and app.query_one("#prompt").text == "Hi"
         await ready(pilot)
+        assert not app.query_one("#loading").display
         await pilot.press("enter")
         await wait_for(pilot, lambda: not app.generating and len(app.conversation.turns) == 2)
         await pilot.pause()

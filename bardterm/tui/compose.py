@@ -84,6 +84,7 @@ class ComposePane(Vertical):
             return
         editor.move_cursor(at)
         editor.read_only = True
+        editor.cursor_blink = False  # each blink repaints the editor: not while the model needs the CPU
         self.pending = (at, at)
         self.stream = Stream(self, generation, tag="compose")
         self.app.start_stream(self.stream)
@@ -136,6 +137,7 @@ class ComposePane(Vertical):
     def _end(self) -> None:
         self.stream = None
         self.editor.read_only = False
+        self.editor.cursor_blink = True
         self._set_help("Ctrl+L accept · Ctrl+R regenerate · Ctrl+B undo · Ctrl+G continue")
 
     def _set_help(self, text: str) -> None:
