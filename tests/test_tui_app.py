@@ -236,6 +236,23 @@ async def test_bad_checkpoint_and_missing_default_are_notifications(make_app, ho
         assert any("--checkpoint" in m and "bardterm train" in m for m in messages(app))
 
 
+async def test_unknown_start_decoder_falls_back_with_a_notification(make_app):
+    app = make_app(decoder="nonesuch")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert any("unknown decoder 'nonesuch'" in m and "using creative" in m for m in messages(app))
+        assert app.choice.label == "creative"
+
+
+async def test_a_failing_command_is_a_notification(make_app, monkeypatch):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        monkeypatch.setattr(BardtermApp, "describe", lambda self: 1 / 0)
+        await submit(pilot, "/show")
+        assert any("/show failed: ZeroDivisionError" in m for m in messages(app)) and app.is_running
+
+
 async def test_multiline_input_and_history(make_app):
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:

@@ -79,6 +79,9 @@ def run(app: "BardtermApp", text: str) -> None:
         handler(app, args)
     except BardtermError as error:
         app.notify(str(error), severity="error", timeout=8)
+    except Exception as error:  # a bug must cost the command, not the conversation
+        app.notify(f"{text.split()[0]} failed: {type(error).__name__}: {error} (a bardterm bug: please report it)",
+                   severity="error", timeout=12)
 
 
 def _usage(name: str) -> BardtermError:
