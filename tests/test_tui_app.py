@@ -319,8 +319,12 @@ async def test_slash_commands(make_app, home, tmp_path):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
+        await submit(pilot, "/decoder")
+        assert app.panel.display and app.focused.id == "selector"
+        app.query_one("#prompt").focus()
         await submit(pilot, "/decoder greedy")
         assert app.choice.selector == "greedy" and app.choice.chain == []
+        assert app.panel.query_one("#selector").value == "greedy"  # the panel follows
         await submit(pilot, "/set top_k 5")
         assert app.choice.chain == ["top_k"] and app.choice.values["top_k"]["top_k"] == 5
         await submit(pilot, "/set top_k -3")
