@@ -407,9 +407,17 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2):
         assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
         await pilot.press("escape")
         assert type(app.screen).__name__ != "CompareScreen"
-        await submit(pilot, "/compare greedy top_k focused sample")
-        assert [c.setup_name for c in app.screen.columns] == ["greedy", "top_k", "focused", "sample"]
+        app.choice.set(app.registry, "top_p", "0.6")
+        await submit(pilot, "/compare greedy current nucleus:top_p=0.5,temperature=0.8 sample")
+        columns = app.screen.columns
+        assert [c.setup_name for c in columns] == ["greedy", "current", "nucleus:top_p=0.5,temperature=0.8", "sample"]
+        assert columns[1].choice.values["top_p"] == {"top_p": 0.6} and columns[1].choice is not app.choice
+        assert columns[2].choice.chain == ["temperature", "top_p"] and columns[2].choice.values["top_p"]["top_p"] == 0.5
         await pilot.press("escape")
+        await submit(pilot, "/compare greedy nucleus:top_p=7")
+        assert any("top_p=7" in m for m in messages(app)) and type(app.screen).__name__ != "CompareScreen"
+        await submit(pilot, "/compare greedy nucleus:top_p")
+        assert any("NAME=VALUE" in m for m in messages(app))
         await submit(pilot, "/compare greedy")
         assert any("2 to 4" in m for m in messages(app))
 

@@ -397,10 +397,26 @@ class BardtermApp(App):
         from bardterm.tui.settings import DecoderChoice
 
         self._need_registry()
-        choices = [DecoderChoice.from_name(self.registry, name, self.choice.seed) for name in names]
+        choices = [self._compare_setup(DecoderChoice, name) for name in names]
         last = next((t.text for t in reversed(self.conversation.turns) if t.speaker == "user"), "") \
             if self.conversation else ""
         self.push_screen(CompareScreen(names, choices, last))
+
+    def _compare_setup(self, DecoderChoice, spec: str):
+        """`nucleus`, `current` (the setup in use), or either with settings: `top_p:top_p=0.5,temperature=0.8`."""
+        import copy
+
+        name, _, settings = spec.partition(":")
+        choice = copy.deepcopy(self.choice) if name == "current" else \
+            DecoderChoice.from_name(self.registry, name, self.choice.seed)
+        for setting in filter(None, settings.split(",")):
+            key, equals, value = setting.partition("=")
+            if not equals:
+                raise BardtermError(f"cannot read {setting!r} in {spec!r}: write settings as NAME=VALUE, "
+                                    "e.g. top_p:top_p=0.5")
+            choice.set(self.registry, key.strip(), value.strip())
+        choice.setup(self.registry)  # refuse a bad setup now, not in the middle of the run
+        return choice
 
     def action_compare(self) -> None:
         """F4: the study notes' lesson made visible: greedy, beam search and nucleus sampling side by side."""

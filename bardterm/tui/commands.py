@@ -26,7 +26,8 @@ COMMANDS = {
     "/save": ("[TITLE]", "name the conversation (every turn is already saved as it finishes)"),
     "/export": ("md|json [PATH]", "write the conversation as Markdown or JSON"),
     "/clear": ("", "start a new conversation (the old one stays in the picker, Ctrl+O)"),
-    "/compare": ("SETUP SETUP [SETUP [SETUP]]", "run the same prompt through 2 to 4 decoders side by side"),
+    "/compare": ("SETUP SETUP [SETUP [SETUP]]", "the same prompt through 2 to 4 setups side by side; a setup is "
+                 "a decoder, a preset or 'current', with settings as in top_p:top_p=0.5,temperature=0.8"),
     "/open": ("", "pick a saved conversation to continue (Ctrl+O)"),
     "/copy": ("", "copy the last reply to the clipboard"),
     "/theme": ("NAME", "switch the colour theme"),
