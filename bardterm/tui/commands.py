@@ -36,7 +36,7 @@ COMMANDS = {
 
 
 def help_text() -> str:
-    lines = [f"{name} {usage}".ljust(36) + summary for name, (usage, summary) in COMMANDS.items()]
+    lines = [f"{name} {usage}".ljust(36) + " " + summary for name, (usage, summary) in COMMANDS.items()]
     lines.append("settings for /set: " + ", ".join(SESSION_SETTINGS) + ", and every decoder parameter (F2)")
     lines.append("keys: Enter send · Shift+Enter/Ctrl+J newline · Esc stop · Ctrl+R regenerate · F2 decoders · "
                  "F3 token inspector · F4 compare · Ctrl+T chat/compose · Ctrl+O conversations · Ctrl+Q quit")
