@@ -81,6 +81,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--mixed-precision", choices=CHOICES["mixed_precision"],
                    help="auto (default: bf16/fp16 on GPU, off on CPU), no, fp16, bf16")
     o.add_argument("--seed", type=int, help="seed for init, data order and dropout (default 1337)")
+    o.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; 1 is often faster "
+                   "on a CPU busy with other jobs)")
 
     r = p.add_argument_group("length, evaluation and output")
     r.add_argument("--epochs", type=float, help="passes over the training split (default 1 if no --max-steps)")

@@ -336,6 +336,9 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     import torch
     from accelerate import Accelerator
 
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+
     from bardterm.training import checkpoint as ckpt
     from bardterm.training.batches import BlockStream
     from bardterm.training.evaluate import evaluate_ids

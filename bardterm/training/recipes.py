@@ -63,6 +63,7 @@ DEFAULTS: dict = {
     "min_delta": 0.0,
     "mixed_precision": "auto",  # auto: bf16 on a GPU that supports it, else fp16 on GPU, none on CPU
     "seed": 1337,
+    "threads": None,  # CPU threads for torch (default: torch's choice, one per core)
     "log_interval": 50,
     "run_name": None,
     "output": None,
@@ -76,10 +77,11 @@ CHOICES = {
 
 # On --resume these may differ from the saved run; any other difference is refused.
 RESUME_OVERRIDABLE = {"max_steps", "epochs", "patience", "min_delta", "eval_interval", "log_interval",
-                      "eval_batch_size", "mixed_precision", "data_file", "output", "run_name"}
+                      "eval_batch_size", "mixed_precision", "data_file", "output", "run_name", "threads"}
 
 INT_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "warmup_steps", "batch_size",
-            "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval"}
+            "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval",
+            "threads"}
 FLOAT_KEYS = {"dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "epochs",
               "min_delta"}
 BOOL_KEYS = {"tie_weights"}
@@ -171,7 +173,7 @@ def finalize(config: dict) -> dict:
     if c["weight_decay"] is None:
         c["weight_decay"] = 0.1 * (LION_WD_FACTOR if c["optimizer"] == "lion" else 1)
 
-    positive_ints = ["batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval"]
+    positive_ints = ["batch_size", "grad_accum", "eval_interval", "eval_batch_size", "log_interval", "threads"]
     if scratch:
         positive_ints += ["n_layer", "n_head", "n_embd", "vocab_size", "block_size"]
     for key in positive_ints:
