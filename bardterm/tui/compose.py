@@ -141,4 +141,4 @@ class ComposePane(Vertical):
         self._set_help("Ctrl+L accept · Ctrl+R regenerate · Ctrl+B undo · Ctrl+G continue")
 
     def _set_help(self, text: str) -> None:
-        self.query_one("#compose-help", Static).update(text)
+        self.query_one("#compose-help", Static).update(text, layout=False)  # one line: no relayout
