@@ -141,7 +141,8 @@ RUNNERS = {"bardterm": run_bardterm, "generate": run_generate}
 
 def measure_memory(folder: Path, strategy: str, engine: str, tokens: int) -> tuple[float, float]:
     """Peak RSS (MiB) of a fresh process that loads the model and generates once, and the generation's share."""
-    command = [sys.executable, __file__, "--memory-probe", str(folder), strategy, engine, str(tokens)]
+    command = [sys.executable, __file__, "--memory-probe", str(folder), strategy, engine, str(tokens),
+               "--threads", str(torch.get_num_threads())]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     return probe["peak_mib"], probe["peak_mib"] - probe["loaded_mib"]
@@ -256,8 +257,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per engine and configuration (default 3, quick 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--output", type=Path, help=f"where to write the results (default {RESULTS}, not in quick)")
+    parser.add_argument("--threads", type=int, help="torch threads for both engines (default: torch's choice)")
     parser.add_argument("--memory-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         folder, strategy, engine, tokens = args.memory_probe
         memory_probe(folder, strategy, engine, int(tokens))
