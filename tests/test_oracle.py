@@ -57,7 +57,7 @@ def test_greedy_matches_generate(model, tokenizer, prompt, max_new_tokens):
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("num_beams, length_penalty, early_stopping, max_new_tokens", [
-    (2, 1.0, False, 8), (4, 1.0, False, 25), (3, 0.5, True, 15), (5, 2.0, False, 20), (4, -1.0, True, 12)])
+    (2, 1.0, False, 1), (2, 1.0, False, 8), (4, 1.0, False, 25), (3, 0.5, True, 15), (5, 2.0, False, 20), (4, -1.0, True, 12)])
 def test_beam_matches_generate(model, tokenizer, prompt, num_beams, length_penalty, early_stopping, max_new_tokens):
     expected = reference(model, tokenizer, prompt, do_sample=False, num_beams=num_beams,
                          length_penalty=length_penalty, early_stopping=early_stopping, max_new_tokens=max_new_tokens)
