@@ -372,3 +372,10 @@ def test_the_preallocated_cache_matches_the_dynamic_one_past_capacity_and_reorde
             assert torch.equal(mine, reference)
             ids = mine.argmax(dim=-1, keepdim=True)
     assert ours.get_seq_length() == 3 + 5
+
+
+def test_generation_takes_the_lean_step_on_gpt2_only(gpt2, llama, tokenizer):
+    on_gpt2 = Generation(gpt2, tokenizer, "To be", build("greedy"), max_new_tokens=3)
+    on_llama = Generation(llama, tokenizer, "To be", build("greedy"), max_new_tokens=3)
+    run_all(on_gpt2), run_all(on_llama)
+    assert on_gpt2.run._fast_step is not None and on_llama.run._fast_step is None
