@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="default: the shipped checkpoint, else the newest run")
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5, help="throughput runs (each app and engine)")
+    parser.add_argument("--repeats", type=int, default=9, help="throughput runs (each app and engine)")
     parser.add_argument("--startups", type=int, default=5, help="fresh processes timed for start-up")
     parser.add_argument("--quick", action="store_true", help="tiny random model, few runs, print only")
     options = parser.parse_args()
