@@ -26,8 +26,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow a checkpoint's own Python code to run: only for authors you trust")
 
 
-def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+def add_plugin_argument(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    # A subcommand's default must not overwrite `bardterm --plugin X generate`: only the top level has one.
+    parser.add_argument("--plugin", action="append", default=[] if top_level else argparse.SUPPRESS,
+                        metavar="MODULE_OR_FILE",
                         help="load a decoder plugin from a module name or a .py file (repeatable)")
 
 

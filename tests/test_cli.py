@@ -218,7 +218,8 @@ def test_plugin_that_raises_mid_generation(capsys, tiny_checkpoint, test_plugin)
     assert_one_line_error(code, err, "explodes", "kaboom")
 
 
-def test_plugin_loaded_from_file_is_usable(capsys, tmp_path, tiny_checkpoint, tokenizer):
+@pytest.mark.parametrize("before_subcommand", [False, True])
+def test_plugin_loaded_from_file_is_usable(capsys, tmp_path, tiny_checkpoint, tokenizer, before_subcommand):
     plugin = tmp_path / "shout.py"
     plugin.write_text(
         "import torch\n"
@@ -233,8 +234,10 @@ def test_plugin_loaded_from_file_is_usable(capsys, tmp_path, tiny_checkpoint, to
         "def register_decoders(register):\n"
         "    register(OnlyE)\n")
     try:
-        code, out, _ = run(capsys, "generate", "x", "--plugin", str(plugin), "--checkpoint", str(tiny_checkpoint),
-                           "--decoder", "only_e", "--max-new-tokens", "4")
+        flags = ["--plugin", str(plugin)]
+        argv = [*flags, "generate", "x"] if before_subcommand else ["generate", "x", *flags]
+        code, out, _ = run(capsys, *argv, "--checkpoint", str(tiny_checkpoint), "--decoder", "only_e",
+                           "--max-new-tokens", "4")
     finally:
         plugins.pm.unregister(name="shout")
     assert code == 0

@@ -11,11 +11,11 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The top-level options, which apply to the app."""
+    from bardterm.generate_cli import add_model_arguments, add_plugin_argument  # both cheap: argparse only
+
     group = parser.add_argument_group("chat and composer (no subcommand)")
-    group.add_argument("--checkpoint", metavar="DIR", help="model directory (default: checkpoints/shakespeare)")
-    group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on a GPU "
-                       "that has it, else float32")
+    add_model_arguments(group)
+    add_plugin_argument(group, top_level=True)
     group.add_argument("--decoder", metavar="NAME", help="decoder or preset to start with (default: creative)")
     group.add_argument("--seed", type=int, metavar="N", help="seed every generation (default: random)")
     group.add_argument("--max-new-tokens", type=_positive, default=200, metavar="N",
@@ -26,12 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", metavar="TEXT", help="how a chat turn is written, with {name} and {text} "
                        "(default: '{name}:\\n{text}\\n\\n')")
     group.add_argument("--continue", dest="resume", action="store_true", help="continue the latest conversation")
-    group.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (can run code)")
-    group.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
-    if not any("--plugin" in action.option_strings for action in parser._actions):
-        from bardterm.generate_cli import add_plugin_argument
-
-        add_plugin_argument(group)
 
 
 def _positive(text: str) -> int:
