@@ -153,6 +153,8 @@ def memory_probe(folder: str, strategy: str, engine: str, tokens: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    for parameter in model.parameters():  # weights may be memory-mapped: read them in before measuring
+        parameter.detach().sum()
     loaded = resident_mib("VmRSS")
     reset_peak()  # so that the peak is the generation's, not loading's
     RUNNERS[engine](model, tokenizer, strategy, tokens)
