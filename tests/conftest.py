@@ -55,6 +55,17 @@ def make_llama(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run faster on one torch thread, and much faster than on two on a CPU shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

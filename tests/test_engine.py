@@ -13,15 +13,6 @@ from bardterm.errors import BardtermError
 from bardterm.registry import DecoderSetup, build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster than on two on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Scripted(Selector):
     """A selector that emits a fixed token sequence, to drive the engine with text we choose."""
 

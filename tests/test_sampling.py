@@ -10,15 +10,6 @@ from bardterm.engine import generate
 from bardterm.registry import build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster than on two on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PROMPT = "To be, or not"
 
 
