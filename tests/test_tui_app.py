@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -44,11 +45,35 @@ class Broken(Processor):
         return scores if self.steps <= 3 else torch.full_like(scores, float("nan"))
 
 
+class Gate(Processor):
+    """Holds every generation at its second step (its first token already shown) until the test opens the gate.
+
+    So a test can see several generations streaming at once however slow or loaded the machine is. A test
+    that uses it raises the engine's limit for one step (`SLOW_STEP_S`) above the wait, and opens the gate in
+    a `finally`.
+    """
+
+    name = "gate_test"
+    help = "Waits at the second step until the test opens the gate."
+    opened = threading.Event()
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.steps = 0
+
+    def __call__(self, input_ids, scores):
+        self.steps += 1
+        if self.steps == 2:
+            Gate.opened.wait(timeout=120.0)
+        return scores
+
+
 class TestPlugin:
     @hookimpl
     def register_decoders(self, register):
         register(Slow)
         register(Broken)
+        register(Gate)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,10 +99,11 @@ def make_app(tiny_checkpoint, home):
     return make
 
 
-async def wait_for(pilot, condition, timeout: float = 30.0):
+async def wait_for(pilot, condition, timeout: float = 120.0):
+    """Wait until `condition()` holds; generous, for a slow machine whose cores are busy with other work."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting"
         await pilot.pause(0.02)
 
 
@@ -386,18 +412,25 @@ async def test_slash_commands(make_app, home, tmp_path):
     assert [c[0][1] for c in stored(home)] == ["Who goes"]
 
 
-async def test_compare_streams_every_setup(make_app, tokenizer, gpt2):
+async def test_compare_streams_every_setup(make_app, tokenizer, gpt2, monkeypatch):
+    import bardterm.engine
+
+    monkeypatch.setattr(bardterm.engine, "SLOW_STEP_S", 300.0)  # the gate below holds a step for a while
     app = make_app()
     async with app.run_test(size=(140, 30)) as pilot:
         await ready(pilot)
         await pilot.press("f4")
         screen = app.screen
         assert [c.setup_name for c in screen.columns] == ["greedy", "beam", "nucleus"]
-        for column in screen.columns:  # slowed down, to see them all running at the same time
-            column.choice.add(app.registry, "slow_test")
+        for column in screen.columns:  # held at their second step, to see them all running at the same time
+            column.choice.add(app.registry, "gate_test")
+        Gate.opened.clear()
         screen.query_one("#compare-prompt").value = "To be"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: all(c.stream is not None and c.stream.latest for c in screen.columns))
+        try:
+            await wait_for(pilot, lambda: all(c.stream is not None and c.stream.latest for c in screen.columns))
+        finally:
+            Gate.opened.set()
         await wait_for(pilot, lambda: not screen.generating)
         await pilot.pause()
         texts = [str(c.query_one(".column-text").render()) for c in screen.columns]
