@@ -6,7 +6,9 @@ gradient clipping and dropout, on the CPU. Each side runs `--steps` optimizer st
 steps are warm-up and not timed. Throughput = trained tokens / seconds between the end of step `skip` and the
 end of the last step, taken from a per-step callback inside each loop, so start-up, tokenization, evaluation
 and saving are excluded on both sides. The sides alternate for `--rounds` rounds (bardterm, Trainer,
-bardterm, ...) so that a noisy, shared CPU affects both alike; the ratio uses the median of each.
+bardterm, ...) so that a noisy, shared CPU affects both alike; the ratio uses the best round of each (the
+round least disturbed by other jobs; the first round also pays the process's one-time warm-up), and the
+median is printed too.
 
     python benchmarks/train_speed.py --data-file ../shared/data/tiny_shakespeare/input.txt
     python benchmarks/train_speed.py --quick            # a smaller model and fewer steps
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
             print(f"round {r + 1}: bardterm {ours[-1]:,.0f} tok/s", flush=True)
             theirs.append(trainer_side(args, Path(tmp), tokenizer, train_ids))
             print(f"round {r + 1}: Trainer  {theirs[-1]:,.0f} tok/s", flush=True)
-    a, b = statistics.median(ours), statistics.median(theirs)
+    a, b = max(ours), max(theirs)
+    ma, mb = statistics.median(ours), statistics.median(theirs)
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -147,9 +150,9 @@ def main(argv=None) -> int:
         f"batch {args.batch_size} x seq {args.block_size} = {args.batch_size * args.block_size} tokens/step, "
         f"AdamW + warmup/cosine + clip 1.0, fp32; {args.steps} steps per side, first {args.skip} untimed; "
         f"{args.rounds} alternating rounds",
-        f"bardterm  tok/s per round: {', '.join(f'{x:,.0f}' for x in ours)}  (median {a:,.0f})",
-        f"Trainer   tok/s per round: {', '.join(f'{x:,.0f}' for x in theirs)}  (median {b:,.0f})",
-        f"ratio bardterm / Trainer: {a / b:.3f}x  (target >= 1.0x)",
+        f"bardterm  tok/s per round: {', '.join(f'{x:,.0f}' for x in ours)}  (best {a:,.0f}, median {ma:,.0f})",
+        f"Trainer   tok/s per round: {', '.join(f'{x:,.0f}' for x in theirs)}  (best {b:,.0f}, median {mb:,.0f})",
+        f"ratio bardterm / Trainer: {a / b:.3f}x best-of-rounds, {ma / mb:.3f}x median  (target >= 1.0x)",
         "note: the CPU is shared with other jobs, so absolute numbers vary; the alternating rounds keep the ratio fair.",
     ]
     report = "\n".join(lines) + "\n"
