@@ -268,33 +268,9 @@ def load_resume(run_dir: Path, model, optimizer) -> dict:
 # ------------------------------------------------------------------------------------------------ load
 
 
-def load_model(path, device=None, dtype=None):
-    """(model, tokenizer) from a checkpoint directory, safetensors only."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BardtermError(f"checkpoint {path} is not a directory; give the run directory, e.g. checkpoints/<run>")
-    if not (path / "config.json").is_file():
-        raise BardtermError(f"{path} holds no config.json, so it is not a Hugging Face checkpoint; check the path")
-    try:
-        from bardterm.models import load_checkpoint  # the project's safe loader (safetensors only)
-    except ImportError:
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        dtype_name = {None: "float32"}.get(dtype, str(dtype).removeprefix("torch."))
-        loaded = load_checkpoint(str(path), device=device or "cpu", dtype=dtype_name)
-        if isinstance(loaded, tuple):
-            return loaded
-        return loaded.model, loaded.tokenizer
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(path, device=None):
+    """(model, tokenizer) from a checkpoint directory, through the project's safe loader, in fp32."""
+    from bardterm.models import load_checkpoint
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BardtermError(f"cannot load checkpoint {path} ({first[:160]}); check that it is a safetensors checkpoint")
-    if device:
-        model.to(device)
-    model.eval()
-    return model, tokenizer
+    loaded = load_checkpoint(path, device=device or "cpu", dtype="float32")
+    return loaded.model, loaded.tokenizer
