@@ -62,6 +62,20 @@ class Processor(Decoder):
         raise NotImplementedError
 
 
+class TransformersProcessor(Processor):
+    """A processor that is one of transformers' `LogitsProcessor`s: `make()` builds it from the params."""
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self._processor = self.make()
+
+    def make(self):
+        raise NotImplementedError
+
+    def __call__(self, input_ids, scores):
+        return self._processor(input_ids, scores)
+
+
 @dataclass
 class Hypothesis:
     """What a selector yields after each step: the best continuation so far (prompt excluded)."""

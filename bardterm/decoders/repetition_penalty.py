@@ -2,12 +2,12 @@
 
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from bardterm.decoders.base import Processor
+from bardterm.decoders.base import TransformersProcessor
 from bardterm.hookspecs import hookimpl
 from bardterm.params import Param
 
 
-class RepetitionPenalty(Processor):
+class RepetitionPenalty(TransformersProcessor):
     name = "repetition_penalty"
     help = "Divide the score of every token already seen by a penalty (> 1 discourages repeats)."
     order = 10
@@ -16,12 +16,8 @@ class RepetitionPenalty(Processor):
               max=10),
     )
 
-    def __init__(self, **values):
-        super().__init__(**values)
-        self._processor = RepetitionPenaltyLogitsProcessor(penalty=self.repetition_penalty)
-
-    def __call__(self, input_ids, scores):
-        return self._processor(input_ids, scores)
+    def make(self):
+        return RepetitionPenaltyLogitsProcessor(penalty=self.repetition_penalty)
 
 
 @hookimpl

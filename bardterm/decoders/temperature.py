@@ -2,12 +2,12 @@
 
 from transformers import TemperatureLogitsWarper
 
-from bardterm.decoders.base import Processor
+from bardterm.decoders.base import TransformersProcessor
 from bardterm.hookspecs import hookimpl
 from bardterm.params import Param
 
 
-class Temperature(Processor):
+class Temperature(TransformersProcessor):
     name = "temperature"
     help = "Divide logits by T: < 1 is more conservative, > 1 more adventurous."
     order = 20
@@ -16,12 +16,8 @@ class Temperature(Processor):
               hint="temperature 0 means always the most likely token: use --decoder greedy"),
     )
 
-    def __init__(self, **values):
-        super().__init__(**values)
-        self._warper = TemperatureLogitsWarper(self.temperature)
-
-    def __call__(self, input_ids, scores):
-        return self._warper(input_ids, scores)
+    def make(self):
+        return TemperatureLogitsWarper(self.temperature)
 
 
 @hookimpl

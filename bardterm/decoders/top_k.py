@@ -2,23 +2,19 @@
 
 from transformers import TopKLogitsWarper
 
-from bardterm.decoders.base import Processor
+from bardterm.decoders.base import TransformersProcessor
 from bardterm.hookspecs import hookimpl
 from bardterm.params import Param
 
 
-class TopK(Processor):
+class TopK(TransformersProcessor):
     name = "top_k"
     help = "Keep only the k most likely tokens."
     order = 30
     params = (Param("top_k", int, 50, "How many tokens to keep.", min=1),)
 
-    def __init__(self, **values):
-        super().__init__(**values)
-        self._warper = TopKLogitsWarper(top_k=self.top_k)
-
-    def __call__(self, input_ids, scores):
-        return self._warper(input_ids, scores)
+    def make(self):
+        return TopKLogitsWarper(top_k=self.top_k)
 
 
 @hookimpl

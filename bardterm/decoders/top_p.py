@@ -3,12 +3,12 @@ keep the smallest set of tokens whose probabilities add up to p."""
 
 from transformers import TopPLogitsWarper
 
-from bardterm.decoders.base import Processor
+from bardterm.decoders.base import TransformersProcessor
 from bardterm.hookspecs import hookimpl
 from bardterm.params import Param
 
 
-class TopP(Processor):
+class TopP(TransformersProcessor):
     name = "top_p"
     help = "Nucleus sampling: keep the most likely tokens that together hold probability p."
     order = 40
@@ -16,12 +16,8 @@ class TopP(Processor):
         Param("top_p", float, 0.9, "The probability mass p to keep.", min=0, max=1, min_inclusive=False),
     )
 
-    def __init__(self, **values):
-        super().__init__(**values)
-        self._warper = TopPLogitsWarper(top_p=self.top_p)
-
-    def __call__(self, input_ids, scores):
-        return self._warper(input_ids, scores)
+    def make(self):
+        return TopPLogitsWarper(top_p=self.top_p)
 
 
 @hookimpl
