@@ -1,9 +1,10 @@
 """Write the model card (README.md) for a checkpoint: recipe, command, hardware, figures, and samples.
 
-    python train/model_card.py checkpoints/shakespeare --command "bardterm train --recipe ..." [--data-file F]
+    python train/model_card.py checkpoints/shakespeare --recipe train/X.toml --command "bardterm train ..."
 
 Figures come from `bardterm eval` (validation, test, and valtest = nanoGPT's val), samples from
-`bardterm generate` with every built-in decoder, seed 1, so the card shows what a user will see.
+`bardterm generate` with every built-in decoder, seed 1, so the card shows what a user will see, and the
+repetition check from `bardterm.repetition` on the default length of 200 new tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-DECODERS = ["greedy", "beam", "sample", "temperature", "top_k", "top_p", "repetition_penalty"]
+from bardterm.registry import get_registry
+from bardterm.repetition import DEGENERATE, tail_repetition
+
 PROMPTS = ["To be, or not to be", "ROMEO:"]
 
 
@@ -25,16 +28,19 @@ def bardterm(*args: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
-def repeated_ngrams(text: str, n: int = 4) -> float:
-    """Share of word 4-grams that repeat an earlier one: near 1 means a loop ("beananananan...")."""
-    words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+def generate(checkpoint: Path, prompt: str, decoder: str, tokens: int) -> dict:
+    return json.loads(bardterm("generate", prompt, "--checkpoint", str(checkpoint), "--decoder", decoder,
+                               "--seed", "1", "--max-new-tokens", str(tokens), "--json"))
+
+
+def built_in_decoders() -> list[str]:
+    return sorted(name for name, plugin in get_registry().plugin_of.items() if plugin.startswith("bardterm."))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--recipe", required=True, help="the recipe file it was trained from")
     parser.add_argument("--command", required=True, help="the exact command that trained it")
     parser.add_argument("--data-file", help="local tiny_shakespeare copy for the evaluation")
     parser.add_argument("--notes", default="", help="extra Markdown for the card (reproducibility, history)")
@@ -55,14 +61,15 @@ def main() -> None:
         f"{weights.stat().st_size / 1e6:.1f} MB.", "",
         "## How it was made", "",
         f"    {args.command}", "",
-        f"- Recipe: `train/shakespeare.toml` (every hyperparameter is also in `bardterm.json`).",
+        f"- Recipe: `{args.recipe}` (every hyperparameter is also in `bardterm.json`).",
         f"- Optimizer {config['optimizer']} (lr {config['lr']:g}, weight decay {config['weight_decay']:g}), "
         f"warmup {config['warmup_steps']} then cosine to {config['lr'] * config['min_lr_ratio']:g}, dropout "
         f"{config['dropout']:g}, batch {config['batch_size']} x {config['block_size']} tokens, seed {config['seed']}.",
         f"- Selected on validation loss: step {meta['best']['step']} of {config['max_steps']} "
         f"({meta['epoch']:.1f} epochs, {meta['tokens_seen'] / 1e6:.1f}M tokens seen).",
         f"- Wall time {meta['wall_time_s'] / 3600:.2f} h on {hardware['cpu']} ({hardware['cpu_count']} cores, no GPU, "
-        f"torch {hardware['torch']}, {hardware.get('torch_threads', '?')} thread(s)), a machine shared with other jobs.",
+        f"torch {hardware['torch']}, {hardware.get('torch_threads', '?')} thread(s), mixed precision "
+        f"{config['mixed_precision']}).",
         "", "## Figures (`bardterm eval --split all`)", "",
         "| split | characters | tokens | loss/token | perplexity | nats/char | bits/char |",
         "|---|---|---|---|---|---|---|",
@@ -74,16 +81,24 @@ def main() -> None:
               "scores 1.4697 nats/char there (A100); the study notes' distilgpt2 fine-tune about 1.6.", ""]
     if args.notes:
         lines += [args.notes, ""]
-    lines += ["## Samples", "", "`bardterm generate PROMPT --decoder NAME --seed 1 --max-new-tokens 60` (a "
-              "processor name samples through that processor with its default setting). After each decoder's name: the "
-              "share of repeated word 4-grams, where near 1 would be a degenerate loop.", ""]
+    decoders = built_in_decoders()
+    lines += ["## Repetition check", "",
+              f"`bardterm generate \"{PROMPTS[0]}\" --decoder NAME --seed 1` (the default 200 new tokens) with every "
+              "built-in decoder. Tail repetition is the share of word 4-grams in the second half of the text that "
+              f"already occurred earlier (`bardterm/repetition.py`): near 0 is fresh text, {DEGENERATE:g} or more a "
+              "degenerate loop. `tests/test_repetition.py` checks the shipped checkpoint the same way.", "",
+              "| decoder | setup | tail repetition | loops? |", "|---|---|---|---|"]
+    for decoder in decoders:
+        result = generate(args.checkpoint, PROMPTS[0], decoder, 200)
+        score = tail_repetition(result["text"])
+        lines.append(f"| {decoder} | `{result['decoder']}` | {score:.2f} | {'yes' if score >= DEGENERATE else 'no'} |")
+    lines += ["", "## Samples", "", "`bardterm generate PROMPT --decoder NAME --seed 1 --max-new-tokens 60` (a "
+              "processor name samples through that processor with its default setting).", ""]
     for prompt in PROMPTS:
-        for decoder in DECODERS:
-            result = json.loads(bardterm("generate", prompt, "--checkpoint", str(args.checkpoint), "--decoder",
-                                         decoder, "--seed", "1", "--max-new-tokens", "60", "--json"))
+        for decoder in decoders:
+            result = generate(args.checkpoint, prompt, decoder, 60)
             text = (prompt + result["text"]).replace("```", "'''")
-            lines += [f"**{decoder}** ({result['decoder']}), repeated 4-grams {repeated_ngrams(result['text']):.2f}:",
-                      "", "```", text.strip(), "```", ""]
+            lines += [f"**{decoder}** (`{result['decoder']}`):", "", "```", text.strip(), "```", ""]
     card = "\n".join(lines)
     handle, temporary = tempfile.mkstemp(dir=args.checkpoint, suffix=".md.tmp")
     with os.fdopen(handle, "w") as out:
