@@ -142,6 +142,12 @@ def build(decoder: str | None = None, chain: list[str] | None = None, registry: 
         cls = registry.decoders[decoder]
         selector_name = decoder if cls.kind == "selector" else "sample"
         base_chain = [] if cls.kind == "selector" else [decoder]
+        if cls.kind == "selector" and cls.defaults:
+            defaults = cls.defaults
+            if chain is not None:  # an explicit chain leaves out the default processors it does not name
+                defaults = {k: v for k, v in defaults.items()
+                            if _resolve_setting(registry, k)[0] in (selector_name, *chain)}
+            settings = {**defaults, **settings}
     else:
         raise BardtermError(f"unknown decoder {decoder!r}: run `bardterm decoders` to list them "
                             f"({', '.join(sorted([*registry.presets, *registry.decoders]))})")

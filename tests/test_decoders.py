@@ -32,6 +32,17 @@ def test_default_chain_order_is_penalty_temperature_top_k_top_p():
     assert setup.selector.name == "sample"
 
 
+@pytest.mark.parametrize("selector", ["greedy", "beam"])
+def test_greedy_and_beam_bring_a_repetition_penalty_that_flags_and_chains_override(selector):
+    assert [(p.name, p.settings()) for p in build(selector).chain] == [("repetition_penalty",
+                                                                         {"repetition_penalty": 1.2})]
+    assert build(selector, repetition_penalty=1.0).chain[0].repetition_penalty == 1.0
+    assert build(selector, chain=[]).chain == []  # an explicit chain without it: the plain algorithm
+    assert [p.name for p in build(selector, chain=["top_k"], top_k=5).chain] == ["top_k"]
+    assert [p.name for p in build(selector, top_k=5).chain] == ["repetition_penalty", "top_k"]
+    assert build("sample").chain == []  # selectors without defaults are unchanged
+
+
 def test_an_explicit_chain_sets_the_order():
     setup = build("sample", chain=["top_p", "temperature"], top_p=0.9, temperature=0.8)
     assert [p.name for p in setup.chain] == ["top_p", "temperature"]
@@ -54,7 +65,7 @@ def test_a_processor_named_as_the_decoder_samples_through_it():
 def test_beam_parameters_reach_the_selector():
     setup = build("beam", num_beams=6, length_penalty=0.5, early_stopping="true")
     assert setup.selector.settings() == {"num_beams": 6, "length_penalty": 0.5, "early_stopping": True}
-    assert setup.describe() == "beam(num_beams=6, length_penalty=0.5, early_stopping=True)"
+    assert setup.describe() == "repetition_penalty(1.2) → beam(num_beams=6, length_penalty=0.5, early_stopping=True)"
 
 
 @pytest.mark.parametrize("settings, fragments", [

@@ -26,6 +26,8 @@ def reference(model, tokenizer, prompt, **options):
 
 
 def ours(model, tokenizer, prompt, decoder, max_new_tokens, seed=None, min_new_tokens=0, **settings):
+    if decoder in ("greedy", "beam"):  # the plain algorithms, as generate() runs them: no default penalty
+        settings.setdefault("repetition_penalty", 1.0)
     return generate(model, tokenizer, prompt, build(decoder, **settings), max_new_tokens=max_new_tokens,
                     min_new_tokens=min_new_tokens, seed=seed)
 
@@ -119,6 +121,15 @@ def test_repetition_penalty_matches_generate(model, tokenizer, penalty):
                                   repetition_penalty=penalty)
         beam = ours(model, tokenizer, prompt, "beam", 15, num_beams=3, repetition_penalty=penalty)
         assert beam.token_ids == beam_expected
+
+
+@pytest.mark.parametrize("decoder, options", [("greedy", {}), ("beam", {"num_beams": 4})])
+def test_greedy_and_beam_by_name_are_generate_with_ctrls_penalty(model, tokenizer, decoder, options):
+    expected = reference(model, tokenizer, PROMPTS[0], do_sample=False, max_new_tokens=25, repetition_penalty=1.2,
+                         **options)
+    setup = build(decoder)
+    assert [(p.name, p.repetition_penalty) for p in setup.chain] == [("repetition_penalty", 1.2)]
+    assert generate(model, tokenizer, PROMPTS[0], setup, max_new_tokens=25).token_ids == expected
 
 
 def test_repetition_penalty_changes_the_output(gpt2, tokenizer):

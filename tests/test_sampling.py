@@ -21,7 +21,8 @@ def model(request):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("settings", [{"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1.5, "top_k": 1}])
 def test_sampling_that_keeps_one_token_is_greedy(model, tokenizer, seed, settings):
-    greedy = generate(model, tokenizer, PROMPT, build("greedy"), max_new_tokens=30).token_ids
+    plain_greedy = build("greedy", chain=[])
+    greedy = generate(model, tokenizer, PROMPT, plain_greedy, max_new_tokens=30).token_ids
     sampled = generate(model, tokenizer, PROMPT, build("sample", **settings), max_new_tokens=30, seed=seed)
     assert sampled.token_ids == greedy
 

@@ -112,7 +112,7 @@ def test_loads_in_plain_transformers_with_same_greedy_output(trained):
     from bardterm.training.checkpoint import load_model
 
     ours_model, ours_tok = load_model(trained)
-    result = engine.generate(ours_model, ours_tok, "ROMEO:", build("greedy"), max_new_tokens=12)
+    result = engine.generate(ours_model, ours_tok, "ROMEO:", build("greedy", chain=[]), max_new_tokens=12)
     # The engine may stop at <|endoftext|>; compare the common prefix, which must be non-trivial.
     n = len(result.token_ids)
     assert n >= 1 and result.token_ids == plain[:n]

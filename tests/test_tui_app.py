@@ -349,10 +349,10 @@ async def test_slash_commands(make_app, home, tmp_path):
         assert app.panel.display and app.focused.id == "selector"
         app.query_one("#prompt").focus()
         await submit(pilot, "/decoder greedy")
-        assert app.choice.selector == "greedy" and app.choice.chain == []
+        assert app.choice.selector == "greedy" and app.choice.chain == ["repetition_penalty"]  # greedy's default
         assert app.panel.query_one("#selector").value == "greedy"  # the panel follows
         await submit(pilot, "/set top_k 5")
-        assert app.choice.chain == ["top_k"] and app.choice.values["top_k"]["top_k"] == 5
+        assert app.choice.chain == ["repetition_penalty", "top_k"] and app.choice.values["top_k"]["top_k"] == 5
         await submit(pilot, "/set top_k -3")
         assert any("top_k=-3" in m and "must be an integer >= 1" in m for m in messages(app)), messages(app)
         assert app.choice.values["top_k"]["top_k"] == 5
@@ -488,7 +488,7 @@ async def test_compose_continue_accept_regenerate_undo(make_app):
         await wait_for(pilot, lambda: not app.generating)
         await pilot.pause()
         continued = editor.text
-        assert continued.startswith("To be or ") and continued.endswith(" END") and len(continued) > len("To be or END")
+        assert continued.startswith("To be or ") and continued.endswith("END") and len(continued) > len("To be or END")
         await pilot.press("ctrl+b")  # undo
         assert editor.text == "To be or END"
         await pilot.press("ctrl+g")

@@ -138,11 +138,11 @@ def test_choice_from_preset_expands_like_build(registry):
 
 def test_choice_set_validates_and_joins_chain(registry):
     choice = DecoderChoice.from_name(registry, "greedy")
-    assert choice.chain == []
+    assert choice.chain == ["repetition_penalty"]  # greedy's default penalty
     assert choice.set(registry, "top_k", "5") == "top_k"
     choice.set(registry, "temperature", "0.5")
-    assert choice.chain == ["temperature", "top_k"]  # inserted at its default place, not appended
-    assert choice.setup(registry).chain[1].top_k == 5
+    assert choice.chain == ["repetition_penalty", "temperature", "top_k"]  # each at its default place
+    assert choice.setup(registry).chain[2].top_k == 5
     with pytest.raises(InvalidParameter, match="top_k=-1"):
         choice.set(registry, "top_k", "-1")
     with pytest.raises(InvalidParameter, match="unknown setting"):

@@ -88,6 +88,8 @@ class Selector(Decoder):
     """Picks the next tokens. Override `choose` for one token per step, or `search` for a whole search."""
 
     kind = "selector"
+    defaults: ClassVar[dict] = {}
+    """Settings it runs with when chosen by name alone, as a preset has them; flags and an explicit chain win."""
 
     def choose(self, scores: "torch.FloatTensor", generator: "torch.Generator") -> "torch.LongTensor":
         """Return one token id per row of the processed `scores` (batch, vocab)."""

@@ -5,7 +5,8 @@ exactly the token ids of `model.generate(num_beams=N, do_sample=False, ...)`: lo
 the processor chain, the top `2 * num_beams` continuations are kept so that beams ending in EOS can be set
 aside, finished hypotheses are ranked by score / length ** length_penalty, and the same early-stop heuristic
 ends the search. Unlike transformers, it streams: after every step it yields the best live beam, with the
-prefix every beam and finished hypothesis share marked as committed.
+prefix every beam and finished hypothesis share marked as committed. Chosen by name it runs with a repetition
+penalty of 1.2, as greedy does; `--repetition-penalty 1` gives generate()'s plain beam search.
 """
 
 import torch
@@ -19,7 +20,9 @@ _NEVER = -1.0e9  # the score transformers gives to candidates that must not be p
 
 class Beam(Selector):
     name = "beam"
-    help = "Beam search: keep the best few continuations at every step; finds likely, often repetitive text."
+    help = ("Beam search: keep the best few continuations at every step. Runs with repetition_penalty 1.2 against "
+            "loops (--repetition-penalty 1 for none).")
+    defaults = {"repetition_penalty": 1.2}  # as greedy: without it, small models' likeliest text is a loop
     params = (
         Param("num_beams", int, 4, "How many continuations to keep.", min=2, max=64),
         Param("length_penalty", float, 1.0, "Exponent on length when ranking finished beams (> 1 favours long).",

@@ -1,4 +1,9 @@
-"""Greedy decoding: always the most likely next token."""
+"""Greedy decoding: always the most likely next token.
+
+On its own, greedy decoding makes small models loop ("my lord, my lord, my lord, ..."), so chosen by name it
+runs through CTRL's repetition penalty of 1.2 (Keskar et al., 2019, "penalized greedy"). `--repetition-penalty 1`
+gives the textbook algorithm, token for token what `generate(do_sample=False)` gives.
+"""
 
 from bardterm.decoders.base import Selector
 from bardterm.hookspecs import hookimpl
@@ -6,7 +11,9 @@ from bardterm.hookspecs import hookimpl
 
 class Greedy(Selector):
     name = "greedy"
-    help = "Always pick the most likely token: deterministic, and prone to loops on small models."
+    help = ("Always pick the most likely token: deterministic. Runs with repetition_penalty 1.2 against loops "
+            "(--repetition-penalty 1 for plain argmax).")
+    defaults = {"repetition_penalty": 1.2}
 
     def choose(self, scores, generator):
         return scores.argmax(dim=-1)
