@@ -177,6 +177,8 @@ def run_decoders(args) -> int:
     for name, cls in sorted(registry.decoders.items(), key=lambda item: (kinds[item[1].kind], item[1].order
                                                                          if item[1].kind == "processor" else 0)):
         params = "\n".join(f"{p.flag}: {p.allowed()}, default {p.default}\n  {p.help}" for p in cls.params)
+        if getattr(cls, "defaults", None):
+            params += "\n" * bool(params) + "by name, runs with " + ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
         table.add_row(f"[bold]{name}[/]\n{cls.help}", cls.kind, registry.plugin_of[name], params or "-")
     console.print(table)
     presets = Table(title="Presets (--decoder NAME)", title_justify="left")

@@ -129,6 +129,7 @@ def test_plugin_parameters_are_flags_and_listed(capsys, test_plugin):
     for name in ("greedy", "sample", "beam", "temperature", "top_k", "top_p", "repetition_penalty",
                  "force_token", "creative", "--token-id", "test_plugin"):
         assert name in out
+    assert out.count("runs with") == 2  # greedy's and beam's default repetition penalty
     code, out, _ = run(capsys, "plugins")
     assert code == 0
     assert "test_plugin" in out and "register_decoders" in out

@@ -20,8 +20,7 @@ _NEVER = -1.0e9  # the score transformers gives to candidates that must not be p
 
 class Beam(Selector):
     name = "beam"
-    help = ("Beam search: keep the best few continuations at every step. Runs with repetition_penalty 1.2 against "
-            "loops (--repetition-penalty 1 for none).")
+    help = "Beam search: keep the best few continuations at every step (--repetition-penalty 1 for the plain one)."
     defaults = {"repetition_penalty": 1.2}  # as greedy: without it, small models' likeliest text is a loop
     params = (
         Param("num_beams", int, 4, "How many continuations to keep.", min=2, max=64),

@@ -11,8 +11,7 @@ from bardterm.hookspecs import hookimpl
 
 class Greedy(Selector):
     name = "greedy"
-    help = ("Always pick the most likely token: deterministic. Runs with repetition_penalty 1.2 against loops "
-            "(--repetition-penalty 1 for plain argmax).")
+    help = "Always pick the most likely token: deterministic (--repetition-penalty 1 for plain argmax)."
     defaults = {"repetition_penalty": 1.2}
 
     def choose(self, scores, generator):
