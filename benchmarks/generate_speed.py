@@ -41,10 +41,11 @@ QUICK_MODELS = {
     "distilgpt2-shaped": {"n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 50257, "n_positions": 256},
     "10M": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 2048, "n_positions": 256},
 }
-STRATEGIES = {  # ours: build() arguments; reference: generate() arguments
-    "greedy": ({"decoder": "greedy"}, {"do_sample": False}),
+STRATEGIES = {  # ours: build() arguments; reference: generate() arguments. chain=[]: the plain algorithms,
+    # without the repetition penalty greedy and beam bring by name, as generate() runs them
+    "greedy": ({"decoder": "greedy", "chain": []}, {"do_sample": False}),
     "nucleus": ({"decoder": "sample", "top_p": 0.9}, {"do_sample": True, "top_p": 0.9, "top_k": 0}),
-    "beam 4": ({"decoder": "beam", "num_beams": 4}, {"do_sample": False, "num_beams": 4}),
+    "beam 4": ({"decoder": "beam", "num_beams": 4, "chain": []}, {"do_sample": False, "num_beams": 4}),
 }
 ENGINES = ("bardterm", "generate")
 
