@@ -25,7 +25,7 @@ from bardterm.errors import BardtermError
 from bardterm.fast_gpt2 import gpt2_decode_step
 from bardterm.kv_cache import preallocated_cache
 from bardterm.registry import DecoderSetup
-from bardterm.text import IncrementalDecoder
+from bardterm.text import IncrementalDecoder, token_piece
 
 SLOW_STEP_S = 10.0  # a processor that takes longer than this for one step is stopped as faulty
 
@@ -283,7 +283,7 @@ class Generation:
     def _inspect(self, token_id: int) -> TokenInfo:
         probs = torch.softmax(self.run.last_scores[0], dim=-1)
         top = torch.topk(probs, min(self.top_alternatives, probs.shape[-1]))
-        piece = lambda i: self.tokenizer.decode([i], clean_up_tokenization_spaces=False)  # noqa: E731
+        piece = lambda i: token_piece(self.tokenizer, i)  # noqa: E731
         alternatives = [(piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
         return TokenInfo(token_id, piece(token_id), float(probs[token_id]), alternatives)
 

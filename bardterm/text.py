@@ -58,3 +58,31 @@ class IncrementalDecoder:
         new = full[len(self.text):] if full.startswith(self.text) else ""
         self.text = full
         return new
+
+
+def token_piece(tokenizer, token_id: int) -> str:
+    """One token's own text, for showing tokens one by one (the inspector).
+
+    A token that holds only part of a UTF-8 character decodes to U+FFFD on its own; it is shown as its bytes
+    instead ("\\xe2\\x80"), so two different partial tokens never look the same.
+    """
+    text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+    if "\ufffd" not in text:
+        return text
+    raw = _token_bytes(tokenizer, token_id)
+    return raw.decode("utf-8", errors="backslashreplace") if raw is not None else text
+
+
+def _token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The bytes a token stands for, for byte-level BPE (GPT-2) and byte-fallback ("<0xE2>") vocabularies."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    if not isinstance(token, str):
+        return None
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        return bytes([int(token[3:5], 16)])
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    if token and all(char in byte_of for char in token):
+        return bytes(byte_of[char] for char in token)
+    return None

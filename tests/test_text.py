@@ -78,3 +78,12 @@ def test_special_tokens_are_not_shown(tokenizer):
     for token_id in tokenizer.encode("end") + [tokenizer.eos_token_id]:
         decoder.add(token_id)
     assert decoder.text == "end"
+
+
+def test_token_piece_shows_a_partial_character_as_its_bytes(tokenizer):
+    from bardterm.text import token_piece
+
+    first, second = utf8_byte_tokens(tokenizer, "🎭")[:2]  # 🎭 is f0 9f 8e ad
+    assert token_piece(tokenizer, first) == "\\xf0" and token_piece(tokenizer, second) == "\\x9f"
+    whole = tokenizer.encode(" Romeo")
+    assert "".join(token_piece(tokenizer, i) for i in whole) == " Romeo"
