@@ -32,6 +32,12 @@ class Registry:
     plugin_of: dict[str, str] = field(default_factory=dict)  # decoder or preset name -> plugin name
     problems: list[str] = field(default_factory=list)  # plugin faults found while registering
 
+    def built_ins(self) -> list[str]:
+        """The decoders and presets bardterm itself registers (not those of plugins)."""
+        from bardterm.decoders import BUILTIN_MODULES
+
+        return sorted(name for name, plugin in self.plugin_of.items() if plugin in BUILTIN_MODULES)
+
     def params(self) -> dict[str, list[tuple[str, Param]]]:
         """Every declared parameter by name, with the decoders that declare it."""
         found: dict[str, list[tuple[str, Param]]] = {}

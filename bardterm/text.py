@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # C0 controls except tab and newline, DEL, C1 controls, and bidirectional overrides ("Trojan Source").
@@ -75,14 +76,20 @@ def token_piece(tokenizer, token_id: int) -> str:
 
 def _token_bytes(tokenizer, token_id: int) -> bytes | None:
     """The bytes a token stands for, for byte-level BPE (GPT-2) and byte-fallback ("<0xE2>") vocabularies."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     token = tokenizer.convert_ids_to_tokens(token_id)
     if not isinstance(token, str):
         return None
     if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
         return bytes([int(token[3:5], 16)])
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    byte_of = _byte_of_char()
     if token and all(char in byte_of for char in token):
         return bytes(byte_of[char] for char in token)
     return None
+
+
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character that stands for each byte -> the byte."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}

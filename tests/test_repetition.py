@@ -11,10 +11,10 @@ SHIPPED = REPO / "checkpoints" / "shakespeare"
 
 
 def built_in_decoders() -> list[str]:
-    """Every decoder and preset that bardterm itself registers (plugins' own are theirs to judge)."""
     from bardterm.registry import get_registry
 
-    return sorted(name for name, plugin in get_registry().plugin_of.items() if plugin.startswith("bardterm."))
+    return get_registry().built_ins()
+
 
 FRESH = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings "
          "and arrows of outrageous fortune, or to take arms against a sea of troubles and by opposing end them.")

@@ -33,10 +33,6 @@ def generate(checkpoint: Path, prompt: str, decoder: str, tokens: int) -> dict:
                                "--seed", "1", "--max-new-tokens", str(tokens), "--json"))
 
 
-def built_in_decoders() -> list[str]:
-    return sorted(name for name, plugin in get_registry().plugin_of.items() if plugin.startswith("bardterm."))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -81,7 +77,7 @@ def main() -> None:
               "scores 1.4697 nats/char there (A100); the study notes' distilgpt2 fine-tune about 1.6.", ""]
     if args.notes:
         lines += [args.notes, ""]
-    decoders = built_in_decoders()
+    decoders = get_registry().built_ins()
     lines += ["## Repetition check", "",
               f"`bardterm generate \"{PROMPTS[0]}\" --decoder NAME --seed 1` (the default 200 new tokens) with every "
               "built-in decoder. Tail repetition is the share of word 4-grams in the second half of the text that "
