@@ -8,6 +8,8 @@ hooks (hooks must see every call), one new token per row. Anything else takes th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
@@ -16,43 +18,67 @@ from torch.nn.modules import module as torch_module
 def gpt2_decode_step(model):
     """Return `step(input_ids (batch, 1), cache) -> logits (batch, vocab)` for `model`, or None if not exact."""
     from transformers import GPT2LMHeadModel
+    from transformers.activations import NewGELUActivation
 
     config = model.config
     if not (isinstance(model, GPT2LMHeadModel) and not model.training and config._attn_implementation == "sdpa"
             and not config.add_cross_attention and not _has_hooks(model)):
         return None
-    if config.reorder_and_upcast_attn and config._attn_implementation == "eager":
-        return None
     transformer, width = model.transformer, config.hidden_size
     heads = config.num_attention_heads
     head_dim = width // heads
-    blocks = [(block.ln_1, block.attn.c_attn, block.attn.c_proj, block.attn.scaling, block.ln_2, block.mlp.c_fc,
-               block.mlp.act, block.mlp.c_proj) for block in transformer.h]
-    ln_f, wte, wpe, head = transformer.ln_f, transformer.wte.weight, transformer.wpe.weight, model.lm_head.weight
+    # Plain tensors, looked up once: module attribute access costs more than the small ops themselves.
+    blocks = [(_norm(block.ln_1), _conv(block.attn.c_attn), _conv(block.attn.c_proj), block.attn.scaling,
+               _norm(block.ln_2), _conv(block.mlp.c_fc), block.mlp.act, _conv(block.mlp.c_proj))
+              for block in transformer.h]
+    ln_f, wte, wpe, head = _norm(transformer.ln_f), transformer.wte.weight, transformer.wpe.weight, model.lm_head.weight
     positions = torch.arange(wpe.shape[0], device=wpe.device)
-
-    def layer_norm(norm, x):
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-
-    def conv1d(conv, x):  # transformers' Conv1D: x @ weight + bias
-        return torch.addmm(conv.bias, x.view(-1, x.shape[-1]), conv.weight).view(*x.shape[:-1], conv.nf)
 
     def step(input_ids: torch.Tensor, cache) -> torch.Tensor:
         rows = input_ids.shape[0]
         seen = cache.get_seq_length()
         hidden = F.embedding(input_ids, wte) + F.embedding(positions[seen:seen + 1].view(1, 1), wpe)
         for index, (ln_1, c_attn, c_proj, scaling, ln_2, c_fc, act, mlp_proj) in enumerate(blocks):
-            query, key, value = conv1d(c_attn, layer_norm(ln_1, hidden)).split(width, dim=2)
+            query, key, value = _addmm(c_attn, _layer_norm(ln_1, hidden)).split(width, dim=2)
             query, key, value = (t.view(rows, 1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
             key, value = cache.update(key, value, index)
             attended = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                                       scale=scaling, is_causal=False)
-            attended = attended.transpose(1, 2).contiguous().reshape(rows, 1, width).contiguous()
-            hidden = conv1d(c_proj, attended) + hidden
-            hidden = hidden + conv1d(mlp_proj, act(conv1d(c_fc, layer_norm(ln_2, hidden))))
-        return F.linear(layer_norm(ln_f, hidden), head)[:, -1, :]
+            hidden = _addmm(c_proj, attended.transpose(1, 2).reshape(rows, 1, width)) + hidden
+            inner = _addmm(c_fc, _layer_norm(ln_2, hidden))
+            inner = _new_gelu_(inner) if type(act) is NewGELUActivation else act(inner)
+            hidden = hidden + _addmm(mlp_proj, inner)
+        return F.linear(_layer_norm(ln_f, hidden), head)[:, -1, :]
 
     return step
+
+
+def _norm(norm):
+    return norm.normalized_shape, norm.weight, norm.bias, norm.eps
+
+
+def _conv(conv):
+    return conv.bias, conv.weight, conv.nf
+
+
+def _layer_norm(norm, x):
+    shape, weight, bias, eps = norm
+    return torch.layer_norm(x, shape, weight, bias, eps)
+
+
+def _addmm(conv, x):  # transformers' Conv1D: x @ weight + bias
+    bias, weight, out = conv
+    return torch.addmm(bias, x.view(-1, x.shape[-1]), weight).view(*x.shape[:-1], out)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _new_gelu_(x):
+    """transformers' NewGELUActivation, op for op (so bit for bit), reusing buffers instead of allocating:
+    0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))). Overwrites nothing the caller keeps."""
+    inner = torch.pow(x, 3.0).mul_(0.044715).add_(x).mul_(_GELU_C).tanh_().add_(1.0)
+    return x.mul_(0.5).mul_(inner)
 
 
 def _has_hooks(model) -> bool:

@@ -314,12 +314,16 @@ def test_invalid_generation_options_are_refused(gpt2, tokenizer, options, messag
         Generation(gpt2, tokenizer, "To be", build("greedy"), **options)
 
 
-def test_the_lean_gpt2_step_gives_exactly_the_models_logits(gpt2, tokenizer):
-    from transformers import DynamicCache
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu"])  # gelu_new has its own in-place path
+def test_the_lean_gpt2_step_gives_exactly_the_models_logits(tokenizer, activation):
+    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
     from bardterm.fast_gpt2 import gpt2_decode_step
     from bardterm.kv_cache import preallocated_cache
 
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                      activation_function=activation)).eval()
     step = gpt2_decode_step(gpt2)
     assert step is not None
     prompt = torch.tensor([tokenizer.encode("To be, or not")]).repeat(3, 1)  # three rows, as in beam search
