@@ -107,6 +107,7 @@ class DecodeRun:
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens
         self.eos_token_ids = eos_token_ids
+        self._eos_index = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=prompt_ids.device)
         self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
@@ -126,8 +127,7 @@ class DecodeRun:
     def process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Apply min-new-tokens, then the chain in order, checking what each processor returns."""
         if input_ids.shape[1] - self.prompt_ids.shape[1] < self.min_new_tokens and self.eos_token_ids:
-            scores = scores.clone()
-            scores[:, list(self.eos_token_ids)] = -float("inf")
+            scores = scores.index_fill(1, self._eos_index, -float("inf"))  # a copy: the caller's scores stay
         for processor in self.chain:
             started = time.perf_counter()
             try:

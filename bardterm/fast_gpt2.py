@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
 
+from bardterm.kv_cache import PreallocatedLayer
+
 
 def gpt2_decode_step(model):
     """Return `step(input_ids (batch, 1), cache) -> logits (batch, vocab)` for `model`, or None if not exact."""
@@ -41,7 +43,7 @@ def gpt2_decode_step(model):
         for index, (ln_1, c_attn, c_proj, scaling, ln_2, c_fc, act, mlp_proj) in enumerate(blocks):
             query, key, value = _addmm(c_attn, _layer_norm(ln_1, hidden)).split(width, dim=2)
             query, key, value = (t.view(rows, 1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
-            key, value = cache.update(key, value, index)
+            key, value = _append(cache, index, key, value)
             attended = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                                       scale=scaling, is_causal=False)
             hidden = _addmm(c_proj, attended.transpose(1, 2).reshape(rows, 1, width)) + hidden
@@ -51,6 +53,14 @@ def gpt2_decode_step(model):
         return F.linear(_layer_norm(ln_f, hidden), head)[:, -1, :]
 
     return step
+
+
+def _append(cache, index, key, value):
+    """`cache.update` for one new position, writing straight into a preallocated layer's buffers when it can."""
+    layer = cache.layers[index]
+    if type(layer) is PreallocatedLayer and layer.fits(key.shape[-2]):
+        return layer.append(key, value)
+    return cache.update(key, value, index)
 
 
 def _norm(norm):

@@ -34,6 +34,22 @@ class PreallocatedLayer(DynamicLayer):
         self.keys, self.values = key_buffer[..., :end, :], value_buffer[..., :end, :]
         return self.keys, self.values
 
+    def fits(self, new_positions: int) -> bool:
+        """Whether `append` can take `new_positions` more: the buffers exist, hold the keys, and have room."""
+        return (self._buffers is not None and self.keys is not None and self.keys.numel() > 0
+                and self.keys.data_ptr() == self._buffers[0].data_ptr()
+                and self.keys.shape[-2] + new_positions <= self._buffers[0].shape[-2])
+
+    def append(self, key_states, value_states):
+        """`update` without its checks, for a caller that asked `fits` (the lean GPT-2 step, every token)."""
+        length = self.keys.shape[-2]
+        end = length + key_states.shape[-2]
+        key_buffer, value_buffer = self._buffers
+        key_buffer.narrow(2, length, end - length).copy_(key_states)
+        value_buffer.narrow(2, length, end - length).copy_(value_states)
+        self.keys, self.values = key_buffer.narrow(2, 0, end), value_buffer.narrow(2, 0, end)
+        return self.keys, self.values
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: row i becomes row beam_idx[i], in place (the buffers stay)."""
         if self._buffers is not None and self._owns(self.keys) and self.get_seq_length() > 0:

@@ -327,7 +327,8 @@ def test_the_lean_gpt2_step_gives_exactly_the_models_logits(tokenizer, activatio
     step = gpt2_decode_step(gpt2)
     assert step is not None
     prompt = torch.tensor([tokenizer.encode("To be, or not")]).repeat(3, 1)  # three rows, as in beam search
-    ours, theirs = preallocated_cache(gpt2, prompt.shape[1] + 6), DynamicCache(config=gpt2.config)
+    # room for 3 new positions: steps 1-3 append in place, steps 4-6 make the cache grow
+    ours, theirs = preallocated_cache(gpt2, prompt.shape[1] + 3), DynamicCache(config=gpt2.config)
     with torch.no_grad():
         gpt2(input_ids=prompt, past_key_values=ours, use_cache=True)
         gpt2(input_ids=prompt, past_key_values=theirs, use_cache=True)
