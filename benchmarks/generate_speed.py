@@ -186,6 +186,9 @@ def benchmark(models: dict, strategies: list[str], tokens: int, repeats: int, me
         built = prepare(models, Path(root))
         for name, (model, tokenizer, folder, params) in built.items():
             log(f"# {name}: {params / 1e6:.1f}M parameters, vocabulary {len(tokenizer)}")
+            floor = matmul_floor(model, tokens)
+            log(f"# floor: the model's matrix products alone, one token at a time, take {floor * 1000:.2f} ms a token "
+                f"({1 / floor:.0f} tokens/s); no exact engine can beat that")
             for strategy in strategies:
                 for engine in ENGINES:  # warm-up: first calls pay one-off costs
                     RUNNERS[engine](model, tokenizer, strategy, 4)
@@ -215,6 +218,27 @@ def benchmark(models: dict, strategies: list[str], tokens: int, repeats: int, me
                 log(format_row(row))
                 rows.append(row)
     return rows
+
+
+def matmul_floor(model, tokens: int) -> float:
+    """Seconds per token for a GPT-2 model's weight matrices alone (batch 1, the same addmm/linear calls as
+    the model): at batch 1 each token streams every weight from memory once, which bounds any exact engine."""
+    blocks = model.transformer.h
+    convs = [conv for block in blocks for conv in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
+    inputs = {conv.weight.shape[0]: torch.randn(1, conv.weight.shape[0]) for conv in convs}
+    head = model.lm_head.weight
+
+    def one_token():
+        for conv in convs:
+            torch.addmm(conv.bias, inputs[conv.weight.shape[0]], conv.weight)
+        torch.nn.functional.linear(inputs[head.shape[1]], head)
+
+    with torch.inference_mode():
+        one_token()
+        started = time.perf_counter()
+        for _ in range(tokens):
+            one_token()
+        return (time.perf_counter() - started) / tokens
 
 
 def format_row(row: dict) -> str:
