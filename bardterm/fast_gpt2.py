@@ -41,12 +41,13 @@ def gpt2_decode_step(model):
         seen = cache.get_seq_length()
         hidden = F.embedding(input_ids, wte) + F.embedding(positions[seen:seen + 1].view(1, 1), wpe)
         for index, (ln_1, c_attn, c_proj, scaling, ln_2, c_fc, act, mlp_proj) in enumerate(blocks):
-            query, key, value = _addmm(c_attn, _layer_norm(ln_1, hidden)).split(width, dim=2)
-            query, key, value = (t.view(rows, 1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
+            # One position: (rows, 1, 3 * width) is already (rows, 3, heads, 1, head_dim) in memory, so one view
+            # gives the (rows, heads, 1, head_dim) queries, keys and values that split + transpose would.
+            query, key, value = _addmm(c_attn, _layer_norm(ln_1, hidden)).view(rows, 3, heads, 1, head_dim).unbind(1)
             key, value = _append(cache, index, key, value)
             attended = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                                       scale=scaling, is_causal=False)
-            hidden = _addmm(c_proj, attended.transpose(1, 2).reshape(rows, 1, width)) + hidden
+            hidden = _addmm(c_proj, attended.reshape(rows, 1, width)) + hidden
             inner = _addmm(c_fc, _layer_norm(ln_2, hidden))
             inner = _new_gelu_(inner) if type(act) is NewGELUActivation else act(inner)
             hidden = hidden + _addmm(mlp_proj, inner)

@@ -108,8 +108,8 @@ class Selector(Decoder):
         while True:
             length = prompt_len + len(tokens)
             next_id = self.choose(run.process(sequence[:, :length], step.logits), run.generator)
-            sequence[0, length] = next_id[0]
             tokens.append(int(next_id[0]))
+            sequence[0, length] = tokens[-1]
             yield Hypothesis(list(tokens))  # a copy: whoever keeps it must not see it grow
             if len(tokens) >= run.max_new_tokens or tokens[-1] in run.eos_token_ids:
                 return  # no forward pass for a token that will never be used
