@@ -267,6 +267,8 @@ class Generation:
         if reason != "stop":
             decoder.finish()
         stats.total_s = time.perf_counter() - started
+        if self.top_alternatives and token_ids and [i.token_id for i in infos] != token_ids:
+            infos = self._inspect_afterwards(token_ids)  # a search that revised its text, such as beam search
         self.result = Result(decoder.text, token_ids, reason, stats, self.notices, infos)
         yield Update(decoder.text, len(decoder.text), list(token_ids), stats)
 
@@ -281,8 +283,20 @@ class Generation:
             decoder.reset(tokens)
         return list(tokens), decoder.text, info
 
-    def _inspect(self, token_id: int) -> TokenInfo:
-        probs = torch.softmax(self.run.last_scores[0], dim=-1)
+    def _inspect_afterwards(self, token_ids: list[int]) -> list[TokenInfo]:
+        """Inspector entries for the final text, from one forward pass over it and the chain at each position,
+        for searches whose steps do not match it token for token. The chain gets what the selector gives it."""
+        run, prompt_len = self.run, self.run.prompt_ids.shape[1]
+        ids = torch.cat([run.prompt_ids, torch.tensor([token_ids], device=run.prompt_ids.device)], dim=1)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids).logits[0, prompt_len - 1:-1].float()
+            if self.setup.selector.chain_input == "log_probs":
+                logits = torch.log_softmax(logits, dim=-1)
+            return [self._inspect(token, run.process(ids[:, :prompt_len + i], logits[i:i + 1]))
+                    for i, token in enumerate(token_ids)]
+
+    def _inspect(self, token_id: int, scores: torch.Tensor | None = None) -> TokenInfo:
+        probs = torch.softmax((self.run.last_scores if scores is None else scores)[0], dim=-1)
         top = torch.topk(probs, min(self.top_alternatives, probs.shape[-1]))
         piece = lambda i: token_piece(self.tokenizer, i)  # noqa: E731
         alternatives = [(piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]

@@ -243,6 +243,21 @@ def test_the_token_inspector_reports_probabilities_and_alternatives(gpt2, tokeni
             assert values[3] == values[4] == 0.0
 
 
+def test_beam_search_gets_inspector_entries_for_its_final_text(gpt2, tokenizer):
+    """Beam search revises its text, so its entries come afterwards: the chain on log-probs at each position."""
+    setup = build("beam", num_beams=3, repetition_penalty=1.5)
+    prompt_ids = tokenizer.encode("To be")
+    _, result = run_all(Generation(gpt2, tokenizer, "To be", setup, max_new_tokens=8, top_alternatives=4))
+    assert [t.token_id for t in result.tokens] == result.token_ids and len(result.token_ids) == 8
+    for position, info in enumerate(result.tokens):
+        seen = torch.tensor([prompt_ids + result.token_ids[:position]])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(gpt2(seen).logits[0, -1], dim=-1)
+        probs = torch.softmax(setup.chain[0](seen, log_probs[None])[0], dim=-1)  # the penalty, on log-probs
+        assert info.prob == pytest.approx(float(probs[info.token_id]), abs=1e-5)
+        assert [p for _, p in info.alternatives] == pytest.approx(torch.topk(probs, 4).values.tolist(), abs=1e-5)
+
+
 def test_no_inspector_unless_asked(gpt2, tokenizer):
     assert generate(gpt2, tokenizer, "To be", build("greedy"), max_new_tokens=3).tokens == []
 

@@ -90,6 +90,8 @@ class Selector(Decoder):
     kind = "selector"
     defaults: ClassVar[dict] = {}
     """Settings it runs with when chosen by name alone, as a preset has them; flags and an explicit chain win."""
+    chain_input: ClassVar[str] = "logits"
+    """What its search hands the chain: "logits", or "log_probs" (log-softmax first, as beam search does)."""
 
     def choose(self, scores: "torch.FloatTensor", generator: "torch.Generator") -> "torch.LongTensor":
         """Return one token id per row of the processed `scores` (batch, vocab)."""

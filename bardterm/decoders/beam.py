@@ -22,6 +22,7 @@ class Beam(Selector):
     name = "beam"
     help = "Beam search: keep the best few continuations at every step (--repetition-penalty 1 for the plain one)."
     defaults = {"repetition_penalty": 1.2}  # as greedy: without it, small models' likeliest text is a loop
+    chain_input = "log_probs"  # sequences are ranked by summed log-probabilities, so the chain sees those
     params = (
         Param("num_beams", int, 4, "How many continuations to keep.", min=2, max=64),
         Param("length_penalty", float, 1.0, "Exponent on length when ranking finished beams (> 1 favours long).",
