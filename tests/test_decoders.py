@@ -8,7 +8,8 @@ from bardterm.params import InvalidParameter, Param
 from bardterm.registry import build, get_registry
 
 BUILTINS = {"greedy": "selector", "sample": "selector", "beam": "selector", "temperature": "processor",
-            "top_k": "processor", "top_p": "processor", "repetition_penalty": "processor"}
+            "top_k": "processor", "top_p": "processor", "repetition_penalty": "processor",
+            "no_repeat_ngram": "processor"}
 
 
 def test_the_builtins_register_through_the_plugin_hooks():
@@ -32,15 +33,27 @@ def test_default_chain_order_is_penalty_temperature_top_k_top_p():
     assert setup.selector.name == "sample"
 
 
-@pytest.mark.parametrize("selector", ["greedy", "beam"])
-def test_greedy_and_beam_bring_a_repetition_penalty_that_flags_and_chains_override(selector):
-    assert [(p.name, p.settings()) for p in build(selector).chain] == [("repetition_penalty",
-                                                                         {"repetition_penalty": 1.2})]
+@pytest.mark.parametrize("selector, defaults", [
+    ("greedy", [("repetition_penalty", {"repetition_penalty": 1.2})]),
+    ("beam", [("repetition_penalty", {"repetition_penalty": 1.2}), ("no_repeat_ngram", {"no_repeat_ngram_size": 6})]),
+])
+def test_greedy_and_beam_bring_anti_loop_defaults_that_flags_and_chains_override(selector, defaults):
+    assert [(p.name, p.settings()) for p in build(selector).chain] == defaults
     assert build(selector, repetition_penalty=1.0).chain[0].repetition_penalty == 1.0
-    assert build(selector, chain=[]).chain == []  # an explicit chain without it: the plain algorithm
+    assert build(selector, chain=[]).chain == []  # an explicit chain without them: the plain algorithm
     assert [p.name for p in build(selector, chain=["top_k"], top_k=5).chain] == ["top_k"]
-    assert [p.name for p in build(selector, top_k=5).chain] == ["repetition_penalty", "top_k"]
+    assert [p.name for p in build(selector, top_k=5).chain] == [name for name, _ in defaults] + ["top_k"]
     assert build("sample").chain == []  # selectors without defaults are unchanged
+
+
+def test_no_repeat_ngram_rules_out_the_token_that_would_repeat_a_run():
+    processor = build("sample", no_repeat_ngram_size=3).chain[0]
+    scores = torch.zeros(1, 6)
+    out = processor(torch.tensor([[1, 2, 3, 4, 1, 2]]), scores)  # "1 2" was followed by 3 once: 3 is ruled out
+    assert torch.isinf(out[0]).tolist() == [False, False, False, True, False, False]
+    assert processor(torch.tensor([[1, 2, 3, 4, 5, 1]]), scores).isfinite().all()  # no run of 2 repeats yet
+    off = build("sample", no_repeat_ngram_size=0).chain[0]
+    assert off(torch.tensor([[1, 2, 3, 4, 1, 2]]), scores) is scores  # 0 turns it off
 
 
 def test_an_explicit_chain_sets_the_order():
@@ -65,7 +78,8 @@ def test_a_processor_named_as_the_decoder_samples_through_it():
 def test_beam_parameters_reach_the_selector():
     setup = build("beam", num_beams=6, length_penalty=0.5, early_stopping="true")
     assert setup.selector.settings() == {"num_beams": 6, "length_penalty": 0.5, "early_stopping": True}
-    assert setup.describe() == "repetition_penalty(1.2) → beam(num_beams=6, length_penalty=0.5, early_stopping=True)"
+    assert setup.describe() == ("repetition_penalty(1.2) → no_repeat_ngram(6) → "
+                                "beam(num_beams=6, length_penalty=0.5, early_stopping=True)")
 
 
 @pytest.mark.parametrize("settings, fragments", [
@@ -76,6 +90,7 @@ def test_beam_parameters_reach_the_selector():
     ({"top_p": 1.5}, ["top_p=1.5", "<= 1"]),
     ({"top_p": float("nan")}, ["top_p=nan"]),
     ({"repetition_penalty": -1}, ["repetition_penalty=-1", "> 0"]),
+    ({"no_repeat_ngram_size": -1}, ["no_repeat_ngram_size=-1", ">= 0"]),
 ])
 def test_invalid_values_say_which_parameter_the_value_and_what_is_allowed(settings, fragments):
     with pytest.raises(InvalidParameter) as caught:

@@ -26,8 +26,10 @@ def reference(model, tokenizer, prompt, **options):
 
 
 def ours(model, tokenizer, prompt, decoder, max_new_tokens, seed=None, min_new_tokens=0, **settings):
-    if decoder in ("greedy", "beam"):  # the plain algorithms, as generate() runs them: no default penalty
+    if decoder in ("greedy", "beam"):  # the plain algorithms, as generate() runs them: no anti-loop defaults
         settings.setdefault("repetition_penalty", 1.0)
+        if decoder == "beam":
+            settings.setdefault("no_repeat_ngram_size", 0)
     return generate(model, tokenizer, prompt, build(decoder, **settings), max_new_tokens=max_new_tokens,
                     min_new_tokens=min_new_tokens, seed=seed)
 
@@ -123,13 +125,21 @@ def test_repetition_penalty_matches_generate(model, tokenizer, penalty):
         assert beam.token_ids == beam_expected
 
 
-@pytest.mark.parametrize("decoder, options", [("greedy", {}), ("beam", {"num_beams": 4})])
-def test_greedy_and_beam_by_name_are_generate_with_ctrls_penalty(model, tokenizer, decoder, options):
+@pytest.mark.parametrize("decoder, options", [("greedy", {}), ("beam", {"num_beams": 4, "no_repeat_ngram_size": 6})])
+def test_greedy_and_beam_by_name_are_generate_with_their_anti_loop_defaults(model, tokenizer, decoder, options):
     expected = reference(model, tokenizer, PROMPTS[0], do_sample=False, max_new_tokens=25, repetition_penalty=1.2,
                          **options)
     setup = build(decoder)
-    assert [(p.name, p.repetition_penalty) for p in setup.chain] == [("repetition_penalty", 1.2)]
+    assert [p.name for p in setup.chain] == ["repetition_penalty"] + ["no_repeat_ngram"] * (decoder == "beam")
     assert generate(model, tokenizer, PROMPTS[0], setup, max_new_tokens=25).token_ids == expected
+
+
+def test_no_repeat_ngram_size_changes_beam_search(gpt2, tokenizer):
+    plain = ours(gpt2, tokenizer, "To be", "beam", 40, num_beams=3).token_ids
+    blocked = ours(gpt2, tokenizer, "To be", "beam", 40, num_beams=3, no_repeat_ngram_size=2).token_ids
+    assert plain != blocked  # so the equality above is not vacuous
+    pairs = list(zip(blocked, blocked[1:]))
+    assert len(pairs) == len(set(pairs))
 
 
 def test_repetition_penalty_changes_the_output(gpt2, tokenizer):

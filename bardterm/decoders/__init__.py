@@ -6,6 +6,7 @@ BUILTIN_MODULES = (
     "bardterm.decoders.sample",
     "bardterm.decoders.beam",
     "bardterm.decoders.repetition_penalty",
+    "bardterm.decoders.no_repeat_ngram",
     "bardterm.decoders.temperature",
     "bardterm.decoders.top_k",
     "bardterm.decoders.top_p",

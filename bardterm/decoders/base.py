@@ -56,7 +56,8 @@ class Processor(Decoder):
 
     kind = "processor"
     order: ClassVar[int] = 50
-    """Place in the default chain, lowest first: penalties 10, temperature 20, top-k 30, top-p 40, plugins 50."""
+    """Place in the default chain, lowest first: repetition penalty 10, no-repeat n-grams 15, temperature 20,
+    top-k 30, top-p 40, plugins 50."""
 
     def __call__(self, input_ids: "torch.LongTensor", scores: "torch.FloatTensor") -> "torch.FloatTensor":
         raise NotImplementedError

@@ -6,7 +6,8 @@ the processor chain, the top `2 * num_beams` continuations are kept so that beam
 aside, finished hypotheses are ranked by score / length ** length_penalty, and the same early-stop heuristic
 ends the search. Unlike transformers, it streams: after every step it yields the best live beam, with the
 prefix every beam and finished hypothesis share marked as committed. Chosen by name it runs with a repetition
-penalty of 1.2, as greedy does; `--repetition-penalty 1` gives generate()'s plain beam search.
+penalty of 1.2, as greedy does, and never repeats a run of 6 tokens; `--repetition-penalty 1
+--no-repeat-ngram-size 0` (or `--chain ''`) gives generate()'s plain beam search.
 """
 
 import torch
@@ -20,8 +21,10 @@ _NEVER = -1.0e9  # the score transformers gives to candidates that must not be p
 
 class Beam(Selector):
     name = "beam"
-    help = "Beam search: keep the best few continuations at every step (--repetition-penalty 1 for the plain one)."
-    defaults = {"repetition_penalty": 1.2}  # as greedy: without it, small models' likeliest text is a loop
+    help = "Beam search: keep the best few continuations at every step (--chain '' for the plain one)."
+    # As greedy, a repetition penalty: without it small models' likeliest text is a loop. But beam search
+    # ranks log-probabilities, where the penalty barely moves a likely token, so it also blocks repeated 6-grams.
+    defaults = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 6}
     chain_input = "log_probs"  # sequences are ranked by summed log-probabilities, so the chain sees those
     params = (
         Param("num_beams", int, 4, "How many continuations to keep.", min=2, max=64),
