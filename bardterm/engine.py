@@ -278,7 +278,7 @@ class Generation:
         if len(tokens) == len(previous) + 1 and tokens[:-1] == previous:
             decoder.add(tokens[-1])
             if self.top_alternatives and self.run.last_scores is not None:
-                info = self._inspect(tokens[-1])
+                info = self._inspect(tokens[-1], self.run.last_scores)
         else:
             decoder.reset(tokens)
         return list(tokens), decoder.text, info
@@ -289,14 +289,12 @@ class Generation:
         run, prompt_len = self.run, self.run.prompt_ids.shape[1]
         ids = torch.cat([run.prompt_ids, torch.tensor([token_ids], device=run.prompt_ids.device)], dim=1)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids).logits[0, prompt_len - 1:-1].float()
-            if self.setup.selector.chain_input == "log_probs":
-                logits = torch.log_softmax(logits, dim=-1)
+            logits = self.setup.selector.chain_input(self.model(input_ids=ids).logits[0, prompt_len - 1:-1].float())
             return [self._inspect(token, run.process(ids[:, :prompt_len + i], logits[i:i + 1]))
                     for i, token in enumerate(token_ids)]
 
-    def _inspect(self, token_id: int, scores: torch.Tensor | None = None) -> TokenInfo:
-        probs = torch.softmax((self.run.last_scores if scores is None else scores)[0], dim=-1)
+    def _inspect(self, token_id: int, scores: torch.Tensor) -> TokenInfo:
+        probs = torch.softmax(scores[0], dim=-1)
         top = torch.topk(probs, min(self.top_alternatives, probs.shape[-1]))
         piece = lambda i: token_piece(self.tokenizer, i)  # noqa: E731
         alternatives = [(piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]

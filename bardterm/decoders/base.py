@@ -91,8 +91,10 @@ class Selector(Decoder):
     kind = "selector"
     defaults: ClassVar[dict] = {}
     """Settings it runs with when chosen by name alone, as a preset has them; flags and an explicit chain win."""
-    chain_input: ClassVar[str] = "logits"
-    """What its search hands the chain: "logits", or "log_probs" (log-softmax first, as beam search does)."""
+
+    def chain_input(self, logits: "torch.FloatTensor") -> "torch.FloatTensor":
+        """What its search hands the chain for next-token `logits`: the logits themselves, unless overridden."""
+        return logits
 
     def choose(self, scores: "torch.FloatTensor", generator: "torch.Generator") -> "torch.LongTensor":
         """Return one token id per row of the processed `scores` (batch, vocab)."""
@@ -110,7 +112,7 @@ class Selector(Decoder):
         tokens: list[int] = []
         while True:
             length = prompt_len + len(tokens)
-            next_id = self.choose(run.process(sequence[:, :length], step.logits), run.generator)
+            next_id = self.choose(run.process(sequence[:, :length], self.chain_input(step.logits)), run.generator)
             tokens.append(int(next_id[0]))
             sequence[0, length] = tokens[-1]
             yield Hypothesis(list(tokens))  # a copy: whoever keeps it must not see it grow

@@ -25,7 +25,6 @@ class Beam(Selector):
     # As greedy, a repetition penalty: without it small models' likeliest text is a loop. But beam search
     # ranks log-probabilities, where the penalty barely moves a likely token, so it also blocks repeated 6-grams.
     defaults = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 6}
-    chain_input = "log_probs"  # sequences are ranked by summed log-probabilities, so the chain sees those
     params = (
         Param("num_beams", int, 4, "How many continuations to keep.", min=2, max=64),
         Param("length_penalty", float, 1.0, "Exponent on length when ranking finished beams (> 1 favours long).",
@@ -56,8 +55,7 @@ class Beam(Selector):
         step = run.forward(running[:, :cur_len])  # the prompt, once per beam (as generate() does)
         shown = None
         while True:
-            log_probs = torch.log_softmax(step.logits, dim=-1)
-            log_probs = run.process(running[:, :cur_len], log_probs)
+            log_probs = run.process(running[:, :cur_len], self.chain_input(step.logits))
             vocab = log_probs.shape[-1]
             totals = (log_probs + running_scores[:, None]).view(-1)
             top_scores, top_indices = torch.topk(totals, k=candidates)
@@ -98,6 +96,10 @@ class Beam(Selector):
             step.cache.reorder_cache(parents)
             step = run.forward(running[:, cur_len - 1:cur_len], step.cache)
         yield Hypothesis(done[0, prompt_len:done_lengths[0]].tolist())
+
+    def chain_input(self, logits):
+        """Sequences are ranked by summed log-probabilities, so the chain sees those."""
+        return torch.log_softmax(logits, dim=-1)
 
     def _may_improve(self, running_scores, done_scores, is_done, length) -> bool:
         """transformers' heuristic: can the best live beam still beat the worst finished hypothesis?"""
