@@ -111,6 +111,7 @@ class DecodeRun:
         self._eos_index = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=prompt_ids.device)
         self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache_arg = cache_argument(model)
         self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
 
     def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
@@ -121,9 +122,9 @@ class DecodeRun:
         elif self._fast_step is not None and not hidden and input_ids.shape[1] == 1:
             return Step(self._fast_step(input_ids, cache).float(), cache)
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+        out = self.model(input_ids=input_ids, **{self._cache_arg: cache}, use_cache=True,
                          output_hidden_states=hidden, return_dict=True, **extra)
-        return Step(out.logits[:, -1, :].float(), out.past_key_values, out.hidden_states[-1][:, -1, :] if hidden else None)
+        return Step(out.logits[:, -1, :].float(), getattr(out, self._cache_arg), out.hidden_states[-1][:, -1, :] if hidden else None)
 
     def process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Apply min-new-tokens, then the chain in order, checking what each processor returns."""
@@ -160,6 +161,11 @@ def _check_scores(name: str, before: torch.Tensor, after, seconds: float) -> Non
     if torch.isnan(best).any() or torch.isposinf(best).any():
         raise DecoderFault(f"{name} returned NaN or +inf scores")
     raise DecoderFault(f"{name} ruled out every token")
+
+
+def cache_argument(model) -> str:
+    """The name `model.forward` takes its KV cache by: transformers 5.24 renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def context_length(model) -> int | None:

@@ -8,7 +8,7 @@ import torch
 from conftest import TEXT
 
 from bardterm.decoders.base import Hypothesis, Processor, Selector
-from bardterm.engine import DecodeRun, DecoderFault, Generation, generate
+from bardterm.engine import DecodeRun, DecoderFault, Generation, cache_argument, generate
 from bardterm.errors import BardtermError
 from bardterm.registry import DecoderSetup, build
 
@@ -345,12 +345,12 @@ def test_the_lean_gpt2_step_gives_exactly_the_models_logits(tokenizer, activatio
     # room for 3 new positions: steps 1-3 append in place, steps 4-6 make the cache grow
     ours, theirs = preallocated_cache(gpt2, prompt.shape[1] + 3), DynamicCache(config=gpt2.config)
     with torch.no_grad():
-        gpt2(input_ids=prompt, past_key_values=ours, use_cache=True)
-        gpt2(input_ids=prompt, past_key_values=theirs, use_cache=True)
+        gpt2(input_ids=prompt, **{cache_argument(gpt2): ours}, use_cache=True)
+        gpt2(input_ids=prompt, **{cache_argument(gpt2): theirs}, use_cache=True)
         next_ids = torch.tensor([[5], [17], [42]])
         for _ in range(6):
             fast = step(next_ids, ours)
-            reference = gpt2(input_ids=next_ids, past_key_values=theirs, use_cache=True).logits[:, -1]
+            reference = gpt2(input_ids=next_ids, **{cache_argument(gpt2): theirs}, use_cache=True).logits[:, -1]
             assert torch.equal(fast, reference)
             next_ids = fast.argmax(dim=-1, keepdim=True)
     assert ours.get_seq_length() == theirs.get_seq_length() == prompt.shape[1] + 6
@@ -387,8 +387,8 @@ def test_the_preallocated_cache_matches_the_dynamic_one_past_capacity_and_reorde
             if step == 3:  # as beam search does: the rows swap
                 ours.reorder_cache(torch.tensor([1, 0]))
                 theirs.reorder_cache(torch.tensor([1, 0]))
-            mine = model(input_ids=ids, past_key_values=ours, use_cache=True).logits[:, -1]
-            reference = model(input_ids=ids, past_key_values=theirs, use_cache=True).logits[:, -1]
+            mine = model(input_ids=ids, **{cache_argument(model): ours}, use_cache=True).logits[:, -1]
+            reference = model(input_ids=ids, **{cache_argument(model): theirs}, use_cache=True).logits[:, -1]
             assert torch.equal(mine, reference)
             ids = mine.argmax(dim=-1, keepdim=True)
     assert ours.get_seq_length() == 3 + 5
