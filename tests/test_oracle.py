@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bardterm.engine import generate
-from bardterm.registry import build
+from bardterm.decoders.base import Selector
+from bardterm.registry import DecoderSetup, build
 
 
 PROMPTS = ["To be, or not", "ROMEO:", "O Romeo, Romeo! wherefore"]
@@ -158,12 +159,37 @@ def test_warpers_keep_the_greedy_choice(model, tokenizer, settings):
     assert generate(model, tokenizer, PROMPTS[0], setup, max_new_tokens=20).token_ids == expected
 
 
+class Replay(Selector):
+    """Picks the tokens it is given, and keeps the processed scores the engine handed it at each step."""
+
+    name = "replay"
+
+    def __init__(self, tokens):
+        super().__init__()
+        self.tokens, self.seen = tokens, []
+
+    def choose(self, scores, generator):
+        self.seen.append(scores.clone())
+        return torch.tensor([self.tokens[len(self.seen) - 1]])
+
+
 @pytest.mark.parametrize("settings", [{"temperature": 0.7}, {"top_k": 20}, {"top_p": 0.8},
                                       {"repetition_penalty": 1.2, "temperature": 1.3, "top_k": 40, "top_p": 0.9}])
-@pytest.mark.parametrize("seed", [0, 7])
-def test_seeded_sampling_matches_generate(model, tokenizer, settings, seed):
-    """Same chain, same softmax, same draw: with one seed, generate(do_sample=True) and ours agree token for token."""
-    torch.manual_seed(seed)  # generate() draws from torch's global generator; ours from one seeded the same way
+def test_sampling_draws_from_the_distribution_generate_samples_from(model, tokenizer, settings):
+    """Along generate(do_sample=True)'s own tokens, our chain gives exactly the scores its processors gave, so both
+    sample from one distribution. (The draws differ: ours is inverse-CDF; test_sampling.py checks its frequencies.)"""
+    torch.manual_seed(0)
     options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}
-    expected = reference(model, tokenizer, PROMPTS[1], do_sample=True, max_new_tokens=30, **options)
-    assert ours(model, tokenizer, PROMPTS[1], "sample", 30, seed=seed, **settings).token_ids == expected
+    ids = tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=tokenizer.eos_token_id,
+                             do_sample=True, max_new_tokens=30, min_new_tokens=30, output_scores=True, return_dict_in_generate=True,
+                             **options)
+    tokens = out.sequences[0, ids.shape[1]:].tolist()
+    replay = Replay(tokens)
+    result = generate(model, tokenizer, PROMPTS[1], DecoderSetup(replay, build("sample", **settings).chain),
+                      max_new_tokens=30, min_new_tokens=30)
+    assert result.token_ids == tokens
+    assert len(replay.seen) == len(out.scores) == 30
+    for ours_scores, theirs in zip(replay.seen, out.scores):
+        assert torch.equal(ours_scores, theirs)

@@ -97,3 +97,13 @@ def test_the_frequency_check_catches_a_wrong_distribution(tokenizer):
     wrong = torch.softmax(logits[1:9] / 0.8, dim=-1).double() * 6000  # temperature 0.8 not applied by the run
     statistic = float(((counts - wrong) ** 2 / wrong).sum())
     assert chi_square_p_value(statistic, 7) < 1e-4
+
+
+@pytest.mark.parametrize("uniform, expected", [(0.0, 1), (0.49, 1), (0.51, 2), (0.99, 4), (1.0, 4)])
+def test_a_draw_at_either_end_lands_on_a_possible_token(monkeypatch, uniform, expected):
+    """Inverse-CDF sampling: a uniform number at 0, or rounded up to the total, never picks a ruled-out token."""
+    from bardterm.decoders import sample
+
+    monkeypatch.setattr(sample.torch, "rand", lambda shape, **options: torch.full(shape, uniform))
+    probs = torch.tensor([[0.0, 0.5, 0.25, 0.0, 0.25, 0.0, 0.0]])  # tokens 0, 3, 5 and 6 are ruled out
+    assert int(sample.draw(probs, torch.Generator())[0]) == expected
