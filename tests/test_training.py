@@ -345,6 +345,18 @@ def test_bf16_mixed_precision_on_cpu(text_file, tmp_path):
     assert meta["derived"]["mixed_precision"] == "bf16" and math.isfinite(meta["best"]["val_loss"])
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_says_how_to_avoid_it(text_file, tmp_path, capsys, monkeypatch, native):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cli(*train_args(text_file, tmp_path / "run", "--mixed-precision", "bf16", "--max-steps", "1",
+                           "--eval-interval", "1")) == 0
+    said = capsys.readouterr().out
+    assert ("no native bf16" in said and "--mixed-precision no" in said) is not native
+
+
 def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
     data = tmp_path / "data.txt"
     data.write_text(text_file.read_text())

@@ -179,6 +179,17 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _emulated_bf16(mp: str) -> bool:
+    """bf16 autocast on a CPU without native bf16 (avx512_bf16 or AMX): torch emulates it, ~12x slower than fp32."""
+    import torch
+
+    if mp != "bf16" or torch.cuda.is_available():
+        return False
+    native = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)()
+              or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return not native
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check of the Hub endpoint, so an offline machine fails in seconds, not after retries."""
     import socket
@@ -506,6 +517,9 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         f"{len(train_ids)} tokens), {config['optimizer']} lr {config['lr']:g}, device {accelerator.device}"
         f"{', ' + mp if mp != 'no' else ''} -> {run_dir}"
         + (f" (resuming at step {step})" if resume else ""))
+    if _emulated_bf16(mp):
+        say("[yellow]note:[/yellow] this CPU has no native bf16 (avx512_bf16 or AMX), so bf16 autocast is emulated "
+            "and about 12x slower than fp32; stop and add --mixed-precision no")
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
