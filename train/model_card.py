@@ -99,6 +99,7 @@ def main() -> None:
     handle, temporary = tempfile.mkstemp(dir=args.checkpoint, suffix=".md.tmp")
     with os.fdopen(handle, "w") as out:
         out.write(card)
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; a card is for everyone
     os.replace(temporary, args.checkpoint / "README.md")
     print(f"wrote {args.checkpoint / 'README.md'}")
 
