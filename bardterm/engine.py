@@ -113,6 +113,7 @@ class DecodeRun:
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache_arg = cache_argument(model)
         self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
+        self.busy: tuple[Processor, float] | None = None  # the processor running now, and since when
 
     def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
         """Run the model on `input_ids` after `cache`; returns the next-token logits for each row."""
@@ -132,10 +133,13 @@ class DecodeRun:
             scores = scores.index_fill(1, self._eos_index, -float("inf"))  # a copy: the caller's scores stay
         for processor in self.chain:
             started = time.perf_counter()
+            self.busy = (processor, started)
             try:
                 result = processor(input_ids, scores)
             except Exception as error:
                 raise DecoderFault(f"{_who(processor)} raised {type(error).__name__}: {error}") from error
+            finally:
+                self.busy = None
             _check_scores(_who(processor), scores, result, time.perf_counter() - started)
             scores = result
         if scores.shape[0] == 1:
@@ -228,6 +232,14 @@ class Generation:
     def cancel(self) -> None:
         """Stop after the current token; safe to call from any thread."""
         self._cancel.set()
+
+    def stuck(self) -> str | None:
+        """What is wrong if a processor has held one step past `SLOW_STEP_S` (it may never return); safe
+        to call from any thread, so that a caller can give up on a generation whose thread is stuck."""
+        busy = self.run.busy
+        if busy is None or time.perf_counter() - busy[1] <= SLOW_STEP_S:
+            return None
+        return f"{_who(busy[0])} has not returned from one step in {time.perf_counter() - busy[1]:.0f} s (limit {SLOW_STEP_S:g} s)"
 
     def __iter__(self):
         run, stats = self.run, Stats(prompt_tokens=self.run.prompt_ids.shape[1])

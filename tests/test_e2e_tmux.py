@@ -67,14 +67,39 @@ def wait_for_screen(session: str, condition, timeout: float = 120.0) -> str:
         time.sleep(0.1)
 
 
-def test_prompt_stream_cancel_quit(tiny_checkpoint, tmp_path):
-    plugin = tmp_path / "slow_e2e.py"
-    plugin.write_text(SLOW_PLUGIN)
-    home = tmp_path / "home"
+HANG_PLUGIN = '''
+import time
+import bardterm.engine
+from bardterm.hookspecs import hookimpl
+from bardterm.decoders.base import Processor
+
+bardterm.engine.SLOW_STEP_S = 1.0  # give up on a stuck step after 1 s, not 10, to keep the test short
+
+class HangE2E(Processor):
+    name = "hang_e2e"
+    help = "Never returns from its third step."
+    steps = 0
+    def __call__(self, input_ids, scores):
+        HangE2E.steps += 1
+        while HangE2E.steps == 3:
+            time.sleep(0.1)
+        return scores
+
+@hookimpl
+def register_decoders(register):
+    register(HangE2E)
+'''
+
+
+def start_bardterm(checkpoint, tmp_path, plugin_source: str, decoder: str, max_new_tokens: int):
+    """`bardterm` with a plugin from a file, in a tmux session; returns the session and the exit-status file."""
+    plugin = tmp_path / f"{decoder}.py"
+    plugin.write_text(plugin_source)
     session = f"bardterm-e2e-{tmp_path.name}"
     command = " ".join(shlex.quote(part) for part in [
-        "env", f"BARDTERM_HOME={home}", bardterm_executable(), "--checkpoint", str(tiny_checkpoint),
-        "--plugin", str(plugin), "--decoder", "slow_e2e", "--template", "{name}: {text}", "--seed", "1", "--max-new-tokens", "120"])
+        "env", f"BARDTERM_HOME={tmp_path / 'home'}", bardterm_executable(), "--checkpoint", str(checkpoint),
+        "--plugin", str(plugin), "--decoder", decoder, "--template", "{name}: {text}", "--seed", "1",
+        "--max-new-tokens", str(max_new_tokens)])
     # bardterm's exit status, as the shell that ran it saw it: 128 + N for signal N. (Not tmux's
     # pane_dead_status: tmux marks a pane dead when its terminal closes and reaps the process later, and a
     # loaded machine has shown that "later" to be longer than a minute.)
@@ -84,30 +109,64 @@ def test_prompt_stream_cancel_quit(tiny_checkpoint, tmp_path):
     started = tmux("new-session", "-d", "-s", session, "-x", "110", "-y", "32", command,
                    ";", "set-option", "-t", session, "remain-on-exit", "on")
     assert started.returncode == 0, started.stderr
+    return session, exit_file
+
+
+def quit_and_wait(session: str, exit_file) -> int:
+    """Ctrl+Q, then bardterm's exit status once it has exited (at most a minute)."""
+    tmux("send-keys", "-t", session, "C-q")
+    deadline = time.monotonic() + 60
+    while not (exit_file.exists() and exit_file.read_text().strip()):
+        assert time.monotonic() < deadline, (f"bardterm did not quit on Ctrl+Q (pane_dead "
+                                             f"{pane(session, 'pane_dead')!r}); the screen shows:\n{screen(session)}")
+        time.sleep(0.1)
+    status = int(exit_file.read_text())
+    signal = f"signal {status - 128}" if status > 128 else "no signal"
+    assert status == 0, (f"bardterm exited with status {status} ({signal}; tmux: pane_dead_status "
+                         f"{pane(session, 'pane_dead_status')!r}, pane_dead_signal "
+                         f"{pane(session, 'pane_dead_signal')!r}); the screen shows:\n{screen(session)}")
+    return status
+
+
+def send_prompt(session: str, text: str) -> None:
+    wait_for_screen(session, lambda screen_text: "tiny · cpu" in screen_text)  # the model is ready
+    tmux("send-keys", "-t", session, "-l", text)
+    tmux("send-keys", "-t", session, "Enter")
+
+
+def test_prompt_stream_cancel_quit(tiny_checkpoint, tmp_path):
+    session, exit_file = start_bardterm(tiny_checkpoint, tmp_path, SLOW_PLUGIN, "slow_e2e", 120)
     try:
-        wait_for_screen(session, lambda text: "tiny · cpu" in text)  # the model is ready
-        tmux("send-keys", "-t", session, "-l", "Hello there")
-        tmux("send-keys", "-t", session, "Enter")
+        send_prompt(session, "Hello there")
         first = wait_for_screen(session, lambda text: "generating…" in text and "JULIET" in text)
         wait_for_screen(session, lambda text: "generating…" in text and text != first)  # text is still arriving
         tmux("send-keys", "-t", session, "Escape")
         stopped = wait_for_screen(session, lambda text: "stopped" in text)
         assert "(stopped)" in stopped and "Hello there" in stopped
-        tmux("send-keys", "-t", session, "C-q")
-        deadline = time.monotonic() + 60
-        while not (exit_file.exists() and exit_file.read_text().strip()):
-            assert time.monotonic() < deadline, (f"bardterm did not quit on Ctrl+Q (pane_dead "
-                                                 f"{pane(session, 'pane_dead')!r}); the screen shows:\n{screen(session)}")
-            time.sleep(0.1)
-        status = int(exit_file.read_text())
-        signal = f"signal {status - 128}" if status > 128 else "no signal"
-        assert status == 0, (f"bardterm exited with status {status} ({signal}; tmux: pane_dead_status "
-                             f"{pane(session, 'pane_dead_status')!r}, pane_dead_signal "
-                             f"{pane(session, 'pane_dead_signal')!r}); the screen shows:\n{screen(session)}")
+        quit_and_wait(session, exit_file)
     finally:
         tmux("kill-server")
-    store = Store(home / "conversations.sqlite3")
+    store = Store(tmp_path / "home" / "conversations.sqlite3")
     [conversation] = store.conversations()
     assert [(t.speaker, t.partial) for t in conversation.turns] == [("user", False), ("model", True)]
     assert conversation.turns[0].text == "Hello there" and conversation.turns[1].stats["tokens"] < 120
+    store.close()
+
+
+def test_a_processor_that_never_returns_does_not_keep_bardterm_from_quitting(tiny_checkpoint, tmp_path):
+    # Python waits for every thread at exit, and a stuck processor's thread never ends: without
+    # `leave_stuck_threads`, Ctrl+Q would close the window and leave the process hanging for good
+    session, exit_file = start_bardterm(tiny_checkpoint, tmp_path, HANG_PLUGIN, "hang_e2e", 50)
+    try:
+        send_prompt(session, "Wait for me")
+        wait_for_screen(session, lambda text: "has not returned" in text)
+        quit_and_wait(session, exit_file)
+        printed = tmux("capture-pane", "-p", "-J", "-S", "-", "-t", session).stdout  # scrollback, lines joined
+        assert ("bardterm: decoder 'hang_e2e' (plugin 'hang_e2e') has not returned from one step" in printed
+                and "exiting without waiting for it" in printed), printed
+    finally:
+        tmux("kill-server")
+    store = Store(tmp_path / "home" / "conversations.sqlite3")
+    [conversation] = store.conversations()
+    assert [(t.speaker, t.partial) for t in conversation.turns] == [("user", False), ("model", True)]
     store.close()

@@ -2,6 +2,7 @@
 
 import re
 import threading
+import time
 
 import pytest
 import torch
@@ -299,6 +300,53 @@ def test_a_misbehaving_processor_is_a_decoder_fault_naming_it(gpt2, tokenizer, b
     with pytest.raises(DecoderFault, match=re.escape(message)):
         generate(gpt2, tokenizer, "To be", DecoderSetup(build("greedy").selector, [Faulty(behaviour)]),
                  max_new_tokens=3)
+
+
+class Held(Processor):
+    """Holds its first step until the test lets it go: a processor that, for all anyone can tell, never returns."""
+
+    name = "held"
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, input_ids, scores):
+        self.entered.set()
+        self.released.wait(timeout=60.0)
+        return scores
+
+
+def test_a_step_held_past_the_limit_is_reported_while_it_is_still_running(gpt2, tokenizer, monkeypatch):
+    import bardterm.engine
+
+    monkeypatch.setattr(bardterm.engine, "SLOW_STEP_S", 0.3)
+    held = Held()
+    generation = Generation(gpt2, tokenizer, "To be", DecoderSetup(build("greedy").selector, [held]), max_new_tokens=3)
+    assert generation.stuck() is None  # not started
+    failure = []
+    thread = threading.Thread(target=lambda: failure.extend(_fault_of(generation)))
+    thread.start()
+    try:
+        assert held.entered.wait(timeout=60.0)
+        assert generation.stuck() is None  # held, but not yet past the limit
+        deadline = time.monotonic() + 60.0
+        while generation.stuck() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert re.fullmatch(r"decoder 'held' has not returned from one step in \d+ s \(limit 0.3 s\)", generation.stuck())
+    finally:
+        held.released.set()
+        thread.join(timeout=60.0)
+    assert "took" in failure[0] and generation.stuck() is None  # when it does return, the step is a fault
+
+
+def _fault_of(generation) -> list[str]:
+    try:
+        list(generation)
+    except DecoderFault as fault:
+        return [str(fault)]
+    return []
 
 
 def test_a_well_behaved_processor_passes_the_checks(gpt2, tokenizer):

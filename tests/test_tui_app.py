@@ -68,12 +68,31 @@ class Gate(Processor):
         return scores
 
 
+class Hang(Processor):
+    """A plugin whose fourth step does not return (until the test lets it go, in a `finally`)."""
+
+    name = "hang_test"
+    help = "Never returns from its fourth step."
+    released = threading.Event()
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.steps = 0
+
+    def __call__(self, input_ids, scores):
+        self.steps += 1
+        if self.steps == 4:
+            Hang.released.wait(timeout=300.0)
+        return scores
+
+
 class TestPlugin:
     @hookimpl
     def register_decoders(self, register):
         register(Slow)
         register(Broken)
         register(Gate)
+        register(Hang)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -210,6 +229,38 @@ async def test_quitting_mid_reply_keeps_the_partial_turn(make_app, home):
         await pilot.press("ctrl+q")
     [[user, model]] = stored(home)
     assert user == ("user", "Farewell", False) and model[2] and model[1]
+
+
+async def test_a_processor_that_never_returns_is_given_up_and_the_app_goes_on(make_app, home, monkeypatch):
+    import bardterm.engine
+    from bardterm.tui.streaming import Stream
+
+    monkeypatch.setattr(bardterm.engine, "SLOW_STEP_S", 0.5)
+    app = make_app(max_new_tokens=8, template="{name}: {text}")
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ready(pilot)
+            app.choice.add(app.registry, "hang_test")
+            await submit(pilot, "Hold")
+            stuck = app.chat.stream
+            await wait_for(pilot, lambda: not app.generating)  # without the watchdog, this times out
+            await pilot.pause()
+            [error] = [m for m in messages(app) if "hang_test" in m]
+            assert "has not returned from one step" in error and "use another decoder" in error
+            assert stuck in Stream.given_up and not stuck.thread_done
+            assert app.conversation.turns[-1].speaker == "model" and app.conversation.turns[-1].partial
+
+            app.choice.remove("hang_test")  # the app goes on: the next reply streams to its end
+            await reply(pilot, "Again")
+            assert app.conversation.turns[-1].speaker == "model" and not app.conversation.turns[-1].partial
+            Hang.released.set()
+            await wait_for(pilot, lambda: stuck.thread_done)  # it returns late: the UI has moved on, and
+            await pilot.pause(0.2)                            # hears nothing more from it
+            assert [m for m in messages(app) if "hang_test" in m or "took" in m] == [error]
+    finally:
+        Hang.released.set()
+        Stream.given_up.clear()
+    assert [s for s, _, p in stored(home)[0]] == ["user", "model", "user", "model"]
 
 
 async def test_regenerate_replaces_the_last_reply(make_app, home):

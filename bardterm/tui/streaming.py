@@ -6,10 +6,16 @@ only later, so the UI repaints at a pace it can afford: every repaint is Python 
 that the model's own threads would use. The pace adapts: frames come at most 30 times a second, and further
 apart when the UI thread's CPU time since the last frame says they cost more than `UI_SHARE` of the time.
 The last token of a burst still shows within one frame; `Finished` or `Failed` always comes last.
+
+A processor that never returns holds its thread for good: Python cannot stop a thread. So the UI checks on
+each running stream, and once a processor has held one step past the engine's limit it posts `Failed` and
+gives the stream up. The app stays usable, and on quit `leave_stuck_threads` exits without waiting for it.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -27,6 +33,7 @@ if TYPE_CHECKING:  # the engine imports torch: only the worker threads need it
 FRAME_S = 1 / 30  # fastest repaint
 SLOWEST_FRAME_S = 0.25  # slowest, however costly a frame is: the text must still look live
 UI_SHARE = 0.05  # of the time, what repainting may take from the model
+WATCH_S = 0.5  # how often the UI checks that a running stream's processor is not stuck
 
 
 class Stream:
@@ -47,12 +54,16 @@ class Stream:
             self.stream = stream
             self.error = error
 
+    given_up: list["Stream"] = []  # streams given up on because a processor never returned, this process
+
     def __init__(self, target, generation: Generation, tag: str = ""):
         self.target = target
         self.generation = generation
         self.tag = tag  # what the target needs to know which of its streams this is
         self.latest: Update | None = None
         self.running = False
+        self.thread_done = False
+        self._watch = None
         self._pending = False  # a frame is posted or scheduled
         self._shown: Update | None = None
         self._ui_time = time.thread_time()
@@ -60,11 +71,24 @@ class Stream:
 
     def start(self) -> None:
         self.running = True
+        self._watch = self.target.set_interval(WATCH_S, self._check_stuck)
         self.target.app.run_worker(self._run, thread=True, group="generation", exit_on_error=False,
                                    name=f"generation {self.tag}".strip())
 
     def cancel(self) -> None:
         self.generation.cancel()
+
+    def _check_stuck(self) -> None:
+        stuck = self.generation.stuck() if self.running else None
+        with self._lock:
+            if stuck is None and self.running:
+                return
+            given_up, self.running = self.running, False
+        self._watch.stop()
+        if given_up:
+            Stream.given_up.append(self)
+            self.target.post_message(Stream.Failed(self, f"{stuck}: stopped this generation without it (its "
+                                                         "thread stays busy); use another decoder"))
 
     def take(self) -> Update | None:
         """The newest update (called by the widget on `Updated`), and the next frame scheduled."""
@@ -95,8 +119,26 @@ class Stream:
             message = Stream.Failed(self, str(error))
         except Exception as error:  # a bug in a model or plugin must not take the app down
             message = Stream.Failed(self, f"generation failed: {type(error).__name__}: {error}")
-        self.running = False
+        finally:
+            self.thread_done = True
+        with self._lock:
+            if not self.running:  # given up on while a processor held this thread: the UI has moved on
+                return
+            self.running = False
         self.target.post_message(message)
+
+
+def leave_stuck_threads(exit_code: int) -> None:
+    """After the app has closed: if a processor still holds a thread, say so and exit without waiting for
+    it (Python would wait for ever). Everything is saved by then: the store commits each turn as it ends."""
+    stuck = [s for s in Stream.given_up if not s.thread_done]
+    if not stuck:
+        return
+    names = ", ".join(sorted({s.generation.stuck() or "a decoder" for s in stuck}))
+    print(f"bardterm: {names}; exiting without waiting for it", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def styled(text: str, committed: int) -> Text:
