@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,8 +127,9 @@ def test_best_is_lowest_validation_and_eval_agrees(trained, capsys):
     assert math.isclose(out["splits"]["validation"]["loss"], meta["best"]["val_loss"], rel_tol=1e-5)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path):
-    """Ctrl+C at step 7 (mid-epoch, between evaluations), then --resume, ends with the same weights."""
+def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, capsys):
+    """Ctrl+C at step 7 (mid-epoch, between evaluations), then --resume, ends with the same weights and
+    prints the same log: the loss on the first line after the resume still averages the whole interval."""
     import torch
     from safetensors.torch import load_file
 
@@ -135,13 +137,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path):
     from bardterm.training.cli import config_from_args
     from bardterm.cli import build_parser
 
-    extra = ["--max-steps", "16", "--eval-interval", "6", "--grad-accum", "2", "--dropout", "0.2"]
+    extra = ["--max-steps", "16", "--eval-interval", "6", "--grad-accum", "2", "--dropout", "0.2", "--log-interval", "4"]
+
+    def logged() -> list[str]:  # the step and evaluation lines, without the timings
+        lines = capsys.readouterr().out.splitlines()
+        return [re.sub(r" [\d,.]+ tok/s.*", "", line) for line in lines if line.startswith(("step ", "eval step "))]
 
     def config(out):
         args = build_parser().parse_args([str(a) for a in train_args(text_file, out, *extra)])
         return config_from_args(args)
 
+    capsys.readouterr()
     assert loop.train(config(tmp_path / "a"), show_progress=False) == 0
+    log_a = logged()
 
     def ctrl_c(step):
         if step == 7:
@@ -150,7 +158,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path):
     assert loop.train(config(tmp_path / "b"), show_progress=False, on_step=ctrl_c) == 130
     state = json.loads((tmp_path / "b" / "resume" / "trainer_state.json").read_text())
     assert state["step"] == 7
-    assert cli(*train_args(text_file, tmp_path / "b", "--resume")) == 0
+    assert cli(*train_args(text_file, tmp_path / "b", "--resume", "--log-interval", "4")) == 0
+    log_b = logged()
+    assert len(log_a) == 16 // 4 + 16 // 6 + 1 and log_b == log_a
 
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))

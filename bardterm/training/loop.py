@@ -470,6 +470,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         return {"step": step, "total_steps": total, "config": config, "dataset_sha256": dataset.sha256,
                 "history": history, "best": best,
                 "bad_evals": bad_evals, "tokens_seen": tokens_seen, "window_losses": window_losses,
+                "recent_losses": recent_losses,
                 "wall_time": elapsed_before + (time.time() - t_start), "bardterm_version": __version__}
 
     def save_last_and_resume(plot: bool = False):
@@ -531,7 +532,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     )
     last_val = history[-1]["val_loss"] if history else None
     window_losses: list[float] = list(state.get("window_losses", [])) if resume else []
-    recent_losses: list[float] = []
+    recent_losses: list[float] = list(state.get("recent_losses", [])) if resume else []  # so a resumed log reads the same
     t_window = time.perf_counter()
     window_tokens = 0
     tokens_per_micro = config["batch_size"] * block
