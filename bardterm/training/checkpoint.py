@@ -81,20 +81,14 @@ def _fix_modes(stage: Path) -> None:
             os.chmod(path, mode)
 
 
-def write_hf_files(stage: Path, model, tokenizer, meta: dict, *, dtype=None) -> None:
+def write_hf_files(stage: Path, model, tokenizer, meta: dict) -> None:
     """Save model (safetensors), config, generation config, tokenizer and bardterm.json into `stage`."""
-    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    unwrapped = model
-    if dtype is not None and dtype != torch.float32:
-        import copy
-
-        unwrapped = copy.deepcopy(model).to(dtype)
-    unwrapped.save_pretrained(stage, safe_serialization=True)
-    if getattr(unwrapped, "generation_config", None) is not None:
-        unwrapped.generation_config.save_pretrained(stage)
+    model.save_pretrained(stage, safe_serialization=True)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
     (stage / "bardterm.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
     _fix_modes(stage)
