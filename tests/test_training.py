@@ -127,7 +127,48 @@ def test_best_is_lowest_validation_and_eval_agrees(trained, capsys):
     assert math.isclose(out["splits"]["validation"]["loss"], meta["best"]["val_loss"], rel_tol=1e-5)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, capsys):
+def test_the_weight_average_follows_the_weights_with_a_warming_decay():
+    import torch
+
+    from bardterm.training.average import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight  # tied, as GPT-2's head and embedding are
+    average = WeightAverage(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    assert average.model[1].weight is average.model[0].weight and not average.model[0].weight.requires_grad
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update()  # first update: decay min(0.9, 2/11)
+    expected = start + (1 - 2 / 11) * 1.0
+    assert torch.allclose(average.model[0].weight, expected)
+    for n in range(2, 200):
+        average.update()
+        expected = expected + (1 - min(0.9, (1 + n) / (10 + n))) * (start + 1.0 - expected)
+    assert torch.allclose(average.model[0].weight, expected) and torch.allclose(expected, start + 1.0, atol=1e-6)
+    assert torch.equal(model[0].weight, start + 1.0)  # the model itself is untouched
+
+
+def test_with_a_weight_average_the_average_is_what_is_evaluated_and_saved(text_file, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ema"
+    assert cli(*train_args(text_file, out, "--max-steps", "12", "--eval-interval", "6", "--ema", "0.9")) == 0
+    meta = json.loads((out / "bardterm.json").read_text())
+    best, trained = load_file(str(out / "model.safetensors")), load_file(str(out / "resume" / "model.safetensors"))
+    assert meta["config"]["ema"] == 0.9 and json.loads((out / "resume" / "trainer_state.json").read_text())["ema_updates"] == 12
+    if meta["best"]["step"] == 12:  # the average at the last step is not the weights at the last step
+        assert any(not torch.equal(best[k], trained[k]) for k in best)
+    assert load_file(str(out / "resume" / "average.safetensors")).keys() == trained.keys()
+    capsys.readouterr()
+    assert cli("eval", "--checkpoint", out, "--dataset", text_file, "--json") == 0
+    measured = json.loads(capsys.readouterr().out)["splits"]["validation"]["loss"]
+    assert math.isclose(measured, meta["best"]["val_loss"], rel_tol=1e-5)  # the saved model is the one evaluated
+
+
+@pytest.mark.parametrize("average", [[], ["--ema", "0.8"]], ids=["weights", "weight-average"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, capsys, average):
     """Ctrl+C at step 7 (mid-epoch, between evaluations), then --resume, ends with the same weights and
     prints the same log: the loss on the first line after the resume still averages the whole interval."""
     import torch
@@ -137,7 +178,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, c
     from bardterm.training.cli import config_from_args
     from bardterm.cli import build_parser
 
-    extra = ["--max-steps", "16", "--eval-interval", "6", "--grad-accum", "2", "--dropout", "0.2", "--log-interval", "4"]
+    extra = ["--max-steps", "16", "--eval-interval", "6", "--grad-accum", "2", "--dropout", "0.2", "--log-interval", "4",
+             *average]
 
     def logged() -> list[str]:  # the step and evaluation lines, without the timings
         lines = capsys.readouterr().out.splitlines()
@@ -162,11 +204,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, c
     log_b = logged()
     assert len(log_a) == 16 // 4 + 16 // 6 + 1 and log_b == log_a
 
+    for saved in ("last/model.safetensors", "resume/model.safetensors", "model.safetensors"):  # last, raw, best
+        a, b = (load_file(str(tmp_path / run / saved)) for run in "ab")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (saved, key)
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
     ma = json.loads((tmp_path / "a" / "bardterm.json").read_text())["metrics"]
     mb = json.loads((tmp_path / "b" / "bardterm.json").read_text())["metrics"]
     assert [m["val_loss"] for m in ma] == [m["val_loss"] for m in mb]
@@ -262,6 +305,7 @@ def test_lr_schedule_and_data_order():
     (["--epochs", "-2"], "invalid --epochs"),
     (["--vocab-size", "100"], "invalid --vocab-size"),
     (["--warmup-steps", "-1"], "invalid --warmup-steps"),
+    (["--ema", "1"], "invalid --ema"),
 ])
 def test_invalid_hyperparameters(text_file, tmp_path, capsys, flags, message):
     out = tmp_path / "out"

@@ -205,12 +205,15 @@ def restore_rng(tensors: dict, meta: dict) -> None:
                          n["cached"]))
 
 
-def save_resume(run_dir: Path, model, optimizer, trainer_state: dict) -> None:
+def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average=None) -> None:
+    """Everything to continue exactly: weights, optimizer, RNG, counters, and the weight average if kept."""
     from safetensors.torch import save_file
 
     stage = staging_dir(run_dir, "resume")
     try:
         save_file(_state_dict_tensors(model), str(stage / "model.safetensors"))
+        if average is not None:
+            save_file(_state_dict_tensors(average), str(stage / "average.safetensors"))
         opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(stage / "optimizer.safetensors"))
         rng_tensors, rng_meta = capture_rng()
@@ -245,15 +248,16 @@ def read_resume_state(run_dir: Path) -> dict:
         raise BardtermError(f"resume state in {found} is unreadable ({error}); start a new run with --overwrite")
 
 
-def load_resume(run_dir: Path, model, optimizer) -> dict:
+def load_resume(run_dir: Path, model, optimizer, *, average=None) -> dict:
     from safetensors.torch import load_file
 
     found = resume_dir(run_dir)
     state = read_resume_state(run_dir)
-    weights = load_file(str(found / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
-        raise BardtermError(f"resume state in {found} does not match the model; start a new run with --overwrite")
+    for target, name in [(model, "model.safetensors")] + ([(average, "average.safetensors")] if average else []):
+        weights = load_file(str(found / name))
+        missing, unexpected = target.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+            raise BardtermError(f"resume state in {found} does not match the model; start a new run with --overwrite")
     optimizer.load_state_dict(optimizer_from_flat(load_file(str(found / "optimizer.safetensors")), state["optimizer"]))
     restore_rng(load_file(str(found / "rng.safetensors")), state["rng"])
     return state

@@ -76,6 +76,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--beta2", type=float, help="default 0.99")
     o.add_argument("--warmup-steps", type=int, help="linear warmup steps before cosine decay (default 100)")
     o.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (0 = off; default 1.0)")
+    o.add_argument("--ema", type=float, metavar="DECAY", help="evaluate and save an exponential moving average of "
+                   "the weights with this decay per step, e.g. 0.998 (~500 steps; default 0: off)")
     o.add_argument("--batch-size", type=int, help="sequences per micro-batch per device (default 16)")
     o.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     o.add_argument("--mixed-precision", choices=CHOICES["mixed_precision"],

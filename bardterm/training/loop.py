@@ -351,6 +351,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         torch.set_num_threads(config["threads"])
 
     from bardterm.training import checkpoint as ckpt
+    from bardterm.training.average import WeightAverage
     from bardterm.training.batches import BlockStream
     from bardterm.training.evaluate import evaluate_ids
     from bardterm.training.tokenizer import bos_id, encode, train_bpe
@@ -416,6 +417,8 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     optimizer = make_optimizer(model, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    average = WeightAverage(raw_model, config["ema"]) if config.get("ema") else None
+    evaluated = average.model if average else raw_model  # what is evaluated, selected and saved
 
     history: list = []
     best = {"val_loss": None, "step": None}
@@ -424,7 +427,9 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     tokens_seen = 0
     elapsed_before = 0.0
     if resume:
-        state = ckpt.load_resume(run_dir, raw_model, optimizer)
+        state = ckpt.load_resume(run_dir, raw_model, optimizer, average=average.model if average else None)
+        if average:
+            average.updates = state["ema_updates"]
         step = state["step"]
         history = state["history"]
         best = state["best"]
@@ -470,13 +475,14 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
         return {"step": step, "total_steps": total, "config": config, "dataset_sha256": dataset.sha256,
                 "history": history, "best": best,
                 "bad_evals": bad_evals, "tokens_seen": tokens_seen, "window_losses": window_losses,
-                "recent_losses": recent_losses,
+                "recent_losses": recent_losses, "ema_updates": average.updates if average else None,
                 "wall_time": elapsed_before + (time.time() - t_start), "bardterm_version": __version__}
 
     def save_last_and_resume(plot: bool = False):
         if accelerator.is_main_process:
-            ckpt.save_model_dir(raw_model, tokenizer, meta("last"), run_dir / "last", top_level=False)
-            ckpt.save_resume(run_dir, raw_model, optimizer, trainer_state())
+            ckpt.save_model_dir(evaluated, tokenizer, meta("last"), run_dir / "last", top_level=False)
+            ckpt.save_resume(run_dir, raw_model, optimizer, trainer_state(),
+                             average=average.model if average else None)
             if plot:
                 _plot(history, run_dir / "loss.png")
         accelerator.wait_for_everyone()
@@ -484,7 +490,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     def evaluate_now(train_loss):
         nonlocal bad_evals
         t0 = time.perf_counter()
-        m = evaluate_ids(raw_model, val_ids, len(val_text), block, bos=bos_id(tokenizer),
+        m = evaluate_ids(evaluated, val_ids, len(val_text), block, bos=bos_id(tokenizer),
                          batch_size=config["eval_batch_size"], device=accelerator.device,
                          autocast=accelerator.autocast)
         raw_model.train()
@@ -500,7 +506,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
             best.update(val_loss=m["loss"], step=step, nats_per_char=m["nats_per_char"])
             bad_evals = 0
             if accelerator.is_main_process:
-                ckpt.save_model_dir(raw_model, tokenizer, meta("best"), run_dir, top_level=True)
+                ckpt.save_model_dir(evaluated, tokenizer, meta("best"), run_dir, top_level=True)
         else:
             bad_evals += 1
         return record, improved
@@ -563,6 +569,8 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
                 accelerator.clip_grad_norm_(model.parameters(), config["grad_clip"])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if average:
+                average.update()
             step += 1
             tokens_seen += tokens_per_micro * config["grad_accum"] * world
             window_tokens += tokens_per_micro * config["grad_accum"] * world

@@ -53,6 +53,7 @@ DEFAULTS: dict = {
     "beta2": 0.99,
     "warmup_steps": 100,
     "grad_clip": 1.0,
+    "ema": 0.0,  # decay of the weight average that is evaluated and saved; 0: off (the weights as trained)
     "batch_size": 16,
     "grad_accum": 1,
     "epochs": None,
@@ -83,7 +84,7 @@ INT_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "warmup_s
             "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval",
             "threads"}
 FLOAT_KEYS = {"dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "epochs",
-              "min_delta"}
+              "min_delta", "ema"}
 BOOL_KEYS = {"tie_weights"}
 STR_KEYS = {"dataset", "data_file", "base", "preset", "optimizer", "mixed_precision", "run_name", "output"}
 
@@ -201,6 +202,8 @@ def finalize(config: dict) -> dict:
     for key in ("beta1", "beta2"):
         if not 0 <= c[key] < 1:
             raise _bad(key, c[key], "must be in [0, 1)")
+    if not 0 <= c["ema"] < 1:
+        raise _bad("ema", c["ema"], "must be in [0, 1): 0 is off, 0.998 averages over ~500 steps")
     if c["warmup_steps"] < 0:
         raise _bad("warmup_steps", c["warmup_steps"], "must be 0 or more")
     if not c["grad_clip"] >= 0:
