@@ -7,7 +7,6 @@ app itself is imported in `run`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from bardterm.plugins import load_plugin
     from bardterm.tui.app import BardtermApp, Options
     from bardterm.tui.chat import ChatFrame
-    from bardterm.tui.streaming import leave_stuck_threads
 
     for spec in getattr(args, "plugin", None) or []:
         load_plugin(spec)
@@ -55,10 +53,5 @@ def run(args: argparse.Namespace) -> int:
                       trust_remote_code=args.trust_remote_code, user_name=args.user_name,
                       model_name=args.model_name, template=template, max_new_tokens=args.max_new_tokens)
     app = BardtermApp(options)
-
-    async def run_app() -> None:
-        await app.run_async()
-        leave_stuck_threads(app.return_code or 0)  # here, before asyncio.run waits on the worker threads
-
-    asyncio.run(run_app())
+    app.run()
     return app.return_code or 0

@@ -23,7 +23,7 @@ from bardterm.tui.chat import ChatFrame, ChatPane
 from bardterm.tui.compose import ComposePane
 from bardterm.tui.decoder_panel import DecoderPanel, parse_seed
 from bardterm.tui.store import Conversation, Store, Turn, to_json, to_markdown, write_atomic
-from bardterm.tui.streaming import Stream
+from bardterm.tui.streaming import Stream, leave_stuck_threads
 
 TOP_ALTERNATIVES = 5  # what the token inspector shows for each step
 
@@ -451,6 +451,11 @@ class BardtermApp(App):
                markup: bool = False) -> None:
         """Every message may quote model or plugin text: never markup, never raw control characters."""
         super().notify(sanitize(str(message)), title=title, severity=severity, timeout=timeout, markup=markup)
+
+    async def run_async(self, **kwargs):
+        result = await super().run_async(**kwargs)
+        leave_stuck_threads(self.return_code or 0)  # here: once `run` returns, asyncio waits on every thread
+        return result
 
     async def action_quit(self) -> None:
         self.chat.keep_partial()
