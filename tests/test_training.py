@@ -225,6 +225,12 @@ def test_resume_refuses_changed_hyperparameters_and_missing_state(text_file, tmp
     capsys.readouterr()
     assert cli(*train_args(text_file, out, "--resume", "--lr", "0.5")) == 2
     assert "--lr differ" in capsys.readouterr().err
+    state_file = out / "resume" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["ema"]  # as a run saved before --ema existed: it ran without one
+    state_file.write_text(json.dumps(state))
+    assert cli(*train_args(text_file, out, "--resume", "--ema", "0.9")) == 2
+    assert "--ema differ" in capsys.readouterr().err
     assert cli(*train_args(text_file, tmp_path / "empty", "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err
     # Extending a finished run is allowed.

@@ -321,10 +321,10 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     saved_state = None
     if resume:
         from bardterm.training.checkpoint import read_resume_state
-        from bardterm.training.recipes import RESUME_OVERRIDABLE
+        from bardterm.training.recipes import DEFAULTS, RESUME_OVERRIDABLE
 
         saved_state = read_resume_state(run_dir)
-        saved_config = saved_state["config"]
+        saved_config = {**DEFAULTS, **saved_state["config"]}  # a run saved before a setting existed had its default
         changed = {k for k in config if k in saved_config and k not in RESUME_OVERRIDABLE
                    and config.get("_explicit", {}).get(k) and config[k] != saved_config[k]}
         if changed:
