@@ -237,9 +237,10 @@ class Generation:
         """What is wrong if a processor has held one step past `SLOW_STEP_S` (it may never return); safe
         to call from any thread, so that a caller can give up on a generation whose thread is stuck."""
         busy = self.run.busy
-        if busy is None or time.perf_counter() - busy[1] <= SLOW_STEP_S:
+        held = time.perf_counter() - busy[1] if busy else 0.0
+        if held <= SLOW_STEP_S:
             return None
-        return f"{_who(busy[0])} has not returned from one step in {time.perf_counter() - busy[1]:.0f} s (limit {SLOW_STEP_S:g} s)"
+        return f"{_who(busy[0])} has not returned from one step in {held:.0f} s (limit {SLOW_STEP_S:g} s)"
 
     def __iter__(self):
         run, stats = self.run, Stats(prompt_tokens=self.run.prompt_ids.shape[1])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 
 class WeightAverage:
     """A copy of `model` whose weights follow the model's: `averaged += (1 - d) * (weights - averaged)` per step.
@@ -18,19 +20,16 @@ class WeightAverage:
     """
 
     def __init__(self, model, decay: float):
-        import torch
-
         self.decay = decay
         self.updates = 0
         self.model = copy.deepcopy(model).eval()  # deepcopy keeps tied weights tied
         self.model.requires_grad_(False)
         self._source = list(model.parameters())
         self._averaged = list(self.model.parameters())
-        self._torch = torch
 
     def update(self) -> None:
         """Call after each optimizer step."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with self._torch.no_grad():
-            self._torch._foreach_lerp_(self._averaged, [p.detach() for p in self._source], 1.0 - decay)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._averaged, self._source, 1.0 - decay)

@@ -418,7 +418,8 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     average = WeightAverage(raw_model, config["ema"]) if config.get("ema") else None
-    evaluated = average.model if average else raw_model  # what is evaluated, selected and saved
+    averaged = average.model if average else None
+    evaluated = averaged if averaged is not None else raw_model  # what is evaluated, selected and saved
 
     history: list = []
     best = {"val_loss": None, "step": None}
@@ -427,7 +428,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     tokens_seen = 0
     elapsed_before = 0.0
     if resume:
-        state = ckpt.load_resume(run_dir, raw_model, optimizer, average=average.model if average else None)
+        state = ckpt.load_resume(run_dir, raw_model, optimizer, average=averaged)
         if average:
             average.updates = state["ema_updates"]
         step = state["step"]
@@ -481,8 +482,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     def save_last_and_resume(plot: bool = False):
         if accelerator.is_main_process:
             ckpt.save_model_dir(evaluated, tokenizer, meta("last"), run_dir / "last", top_level=False)
-            ckpt.save_resume(run_dir, raw_model, optimizer, trainer_state(),
-                             average=average.model if average else None)
+            ckpt.save_resume(run_dir, raw_model, optimizer, trainer_state(), average=averaged)
             if plot:
                 _plot(history, run_dir / "loss.png")
         accelerator.wait_for_everyone()
