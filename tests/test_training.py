@@ -167,7 +167,8 @@ def test_with_a_weight_average_the_average_is_what_is_evaluated_and_saved(text_f
     assert math.isclose(measured, meta["best"]["val_loss"], rel_tol=1e-5)  # the saved model is the one evaluated
 
 
-@pytest.mark.parametrize("average", [[], ["--ema", "0.8"]], ids=["weights", "weight-average"])
+@pytest.mark.parametrize("average", [[], ["--ema", "0.8"], ["--bpe-dropout", "0.2"]],
+                         ids=["weights", "weight-average", "bpe-dropout"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, capsys, average):
     """Ctrl+C at step 7 (mid-epoch, between evaluations), then --resume, ends with the same weights and
     prints the same log: the loss on the first line after the resume still averages the whole interval."""
@@ -312,6 +313,7 @@ def test_lr_schedule_and_data_order():
     (["--vocab-size", "100"], "invalid --vocab-size"),
     (["--warmup-steps", "-1"], "invalid --warmup-steps"),
     (["--ema", "1"], "invalid --ema"),
+    (["--bpe-dropout", "1"], "invalid --bpe-dropout"),
 ])
 def test_invalid_hyperparameters(text_file, tmp_path, capsys, flags, message):
     out = tmp_path / "out"

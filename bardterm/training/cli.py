@@ -66,6 +66,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="scratch: tie input and output embeddings (default)")
     g.add_argument("--no-tie-weights", dest="tie_weights", action="store_false")
     g.add_argument("--dropout", type=float, help="dropout (default 0.1)")
+    g.add_argument("--bpe-dropout", type=float, metavar="P", help="BPE-dropout: skip each merge with probability P "
+                   "when tokenizing the training text, afresh each epoch, e.g. 0.1 (default 0: off)")
 
     o = p.add_argument_group("optimization")
     o.add_argument("--optimizer", choices=CHOICES["optimizer"], help="adamw (default) or lion")

@@ -287,6 +287,23 @@ def build_scratch(config: dict, tokenizer):
     return model
 
 
+def _bpe_dropout(config: dict, tokenizer, dataset):
+    """Each epoch's training tokens with BPE-dropout, seeded by (seed, epoch); None when it is off."""
+    if not config.get("bpe_dropout"):
+        return None
+    import torch
+
+    from bardterm.training.bpe_dropout import BPEDropout
+
+    try:
+        dropper = BPEDropout(tokenizer, config["bpe_dropout"])
+    except (ValueError, AttributeError):
+        raise BardtermError(f"--bpe-dropout needs a byte-level BPE tokenizer, which {config['base']} does not "
+                            "have; drop the flag") from None
+    text = dataset.splits["train"]
+    return lambda epoch: torch.tensor(dropper.encode(text, config["seed"] * 1_000_003 + epoch), dtype=torch.long)
+
+
 def make_optimizer(model, config: dict):
     import torch
 
@@ -398,7 +415,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     world = accelerator.num_processes
     rank = accelerator.process_index
     global_batch = config["batch_size"] * config["grad_accum"] * world
-    stream = BlockStream(train_ids, block, config["seed"])
+    stream = BlockStream(train_ids, block, config["seed"], retokenize=_bpe_dropout(config, tokenizer, dataset))
     steps_per_epoch = stream.n_blocks / global_batch
     if config.get("max_steps"):
         total = config["max_steps"]

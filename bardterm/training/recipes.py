@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     "block_size": None,  # scratch: from the preset; fine-tune: min(256, the model's n_positions)
     "tie_weights": True,
     "dropout": 0.1,
+    "bpe_dropout": 0.0,  # probability of skipping each BPE merge while training (BPE-dropout); 0: off
     "optimizer": "adamw",
     "lr": None,  # adamw: 1e-3 scratch, 5e-5 fine-tune; lion: that times LION_LR_FACTOR
     "min_lr_ratio": 0.1,
@@ -83,7 +84,7 @@ RESUME_OVERRIDABLE = {"max_steps", "epochs", "patience", "min_delta", "eval_inte
 INT_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "warmup_steps", "batch_size",
             "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval",
             "threads"}
-FLOAT_KEYS = {"dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "epochs",
+FLOAT_KEYS = {"dropout", "bpe_dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "epochs",
               "min_delta", "ema"}
 BOOL_KEYS = {"tie_weights"}
 STR_KEYS = {"dataset", "data_file", "base", "preset", "optimizer", "mixed_precision", "run_name", "output"}
@@ -199,6 +200,8 @@ def finalize(config: dict) -> dict:
         raise _bad("weight_decay", c["weight_decay"], "must be 0 or more")
     if not 0 <= c["dropout"] < 1:
         raise _bad("dropout", c["dropout"], "must be in [0, 1)")
+    if not 0 <= c["bpe_dropout"] < 1:
+        raise _bad("bpe_dropout", c["bpe_dropout"], "must be in [0, 1): 0 is off, 0.1 is the paper's value")
     for key in ("beta1", "beta2"):
         if not 0 <= c[key] < 1:
             raise _bad(key, c[key], "must be in [0, 1)")

@@ -1,0 +1,63 @@
+"""BPE-dropout (Provilkov, Emelianenko and Voita, 2020, "BPE-Dropout: Simple and Effective Subword Regularization").
+
+While training, each merge that BPE could apply is skipped with probability `p`, at every merge step, so a
+word is segmented into smaller pieces now and then. The model learns how the pieces of its vocabulary spell
+words, not only the whole words of the training text, which is what an unseen play (the test split) needs.
+Evaluation and generation use the tokenizer as it is (no dropout).
+
+`tokenizers` has a BPE dropout of its own, but its random generator cannot be seeded. Here the segmentation of
+epoch `e` is a pure function of (seed, e), so a run and its resume see the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+
+class BPEDropout:
+    def __init__(self, tokenizer, p: float):
+        if not 0 <= p < 1:
+            raise ValueError(f"BPE-dropout p must be in [0, 1), not {p}")
+        backend = tokenizer.backend_tokenizer
+        model = json.loads(backend.to_str())["model"]
+        if model.get("type") != "BPE" or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            raise ValueError("BPE-dropout needs a plain byte-level BPE tokenizer")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.vocab = model["vocab"]
+        self.pre_tokenizer = backend.pre_tokenizer
+        self.p = p
+        self._exact: dict[str, list[int]] = {}  # segmentation without dropout, per word
+
+    def encode(self, text: str, seed: int) -> list[int]:
+        """Token ids of `text` with merges dropped at random; the same seed gives the same ids."""
+        rng = random.Random(seed)
+        ids: list[int] = []
+        for word, _ in self.pre_tokenizer.pre_tokenize_str(text):
+            if len(word) == 1:
+                ids.append(self.vocab[word])
+            else:
+                ids.extend(self._word(word, rng) if self.p else self._exact_word(word))
+        return ids
+
+    def _exact_word(self, word: str) -> list[int]:
+        if word not in self._exact:
+            self._exact[word] = self._word(word, None)
+        return self._exact[word]
+
+    def _word(self, word: str, rng) -> list[int]:
+        # Textbook BPE: apply the highest-priority merge among adjacent pairs until none applies; with dropout,
+        # each candidate is skipped with probability p at this step (the paper's Algorithm 1).
+        pieces = list(word)
+        ranks, p = self.ranks, self.p
+        while len(pieces) > 1:
+            best, at = None, -1
+            for i in range(len(pieces) - 1):
+                rank = ranks.get((pieces[i], pieces[i + 1]))
+                if rank is not None and (best is None or rank < best) and (rng is None or rng.random() >= p):
+                    best, at = rank, i
+            if best is None:
+                break
+            pieces[at:at + 2] = [pieces[at] + pieces[at + 1]]
+        return [self.vocab[piece] for piece in pieces]
