@@ -26,15 +26,12 @@ def _layout(n_ids: int, block: int) -> tuple[int, int]:
 
 class BlockStream:
     def __init__(self, ids, block_size: int, seed: int, *, retokenize=None):
-        import torch
-
         self.ids = ids
         self.block = block_size
         self.seed = seed
         self.retokenize = retokenize
-        self.max_shift, self.n_blocks = _layout(len(ids), block_size)
+        self.n_blocks = _layout(len(ids), block_size)[1]  # blocks per epoch, whatever the epoch's tokens
         self._cache: dict[int, tuple] = {}
-        self._offsets = torch.arange(block_size + 1)
 
     def _epoch(self, epoch: int):
         """(tokens, shift, block order) of one epoch."""

@@ -28,23 +28,14 @@ class BPEDropout:
         self.vocab = model["vocab"]
         self.pre_tokenizer = backend.pre_tokenizer
         self.p = p
-        self._exact: dict[str, list[int]] = {}  # segmentation without dropout, per word
 
     def encode(self, text: str, seed: int) -> list[int]:
         """Token ids of `text` with merges dropped at random; the same seed gives the same ids."""
-        rng = random.Random(seed)
+        rng = random.Random(seed) if self.p else None
         ids: list[int] = []
         for word, _ in self.pre_tokenizer.pre_tokenize_str(text):
-            if len(word) == 1:
-                ids.append(self.vocab[word])
-            else:
-                ids.extend(self._word(word, rng) if self.p else self._exact_word(word))
+            ids.extend(self._word(word, rng))
         return ids
-
-    def _exact_word(self, word: str) -> list[int]:
-        if word not in self._exact:
-            self._exact[word] = self._word(word, None)
-        return self._exact[word]
 
     def _word(self, word: str, rng) -> list[int]:
         # Textbook BPE: apply the highest-priority merge among adjacent pairs until none applies; with dropout,
