@@ -317,6 +317,15 @@ def make_optimizer(model, config: dict):
     groups = [{"params": decay, "weight_decay": config["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
     betas = (config["beta1"], config["beta2"])
+    if config["optimizer"] == "muon":
+        from bardterm.training.muon import Muon, hidden_matrices
+
+        hidden = hidden_matrices(model)
+        groups = [{"params": [p for p in decay if id(p) in hidden], "weight_decay": config["weight_decay"],
+                   "use_muon": True},
+                  {"params": [p for p in decay if id(p) not in hidden], "weight_decay": config["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return Muon(groups, lr=config["lr"], betas=betas)
     if config["optimizer"] == "lion":
         try:
             from lion_pytorch import Lion

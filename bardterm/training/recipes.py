@@ -47,9 +47,9 @@ DEFAULTS: dict = {
     "dropout": 0.1,
     "bpe_dropout": 0.0,  # probability of skipping each BPE merge while training (BPE-dropout); 0: off
     "optimizer": "adamw",
-    "lr": None,  # adamw: 1e-3 scratch, 5e-5 fine-tune; lion: that times LION_LR_FACTOR
+    "lr": None,  # adamw and muon: 1e-3 scratch, 5e-5 fine-tune; lion: that times LION_LR_FACTOR
     "min_lr_ratio": 0.1,
-    "weight_decay": None,  # adamw 0.1; lion 0.1 * LION_WD_FACTOR
+    "weight_decay": None,  # adamw and muon 0.1; lion 0.1 * LION_WD_FACTOR
     "beta1": 0.9,
     "beta2": 0.99,
     "warmup_steps": 100,
@@ -72,7 +72,7 @@ DEFAULTS: dict = {
 }
 
 CHOICES = {
-    "optimizer": ("adamw", "lion"),
+    "optimizer": ("adamw", "lion", "muon"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "preset": tuple(PRESETS),
 }
