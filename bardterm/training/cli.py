@@ -70,10 +70,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "when tokenizing the training text, afresh each epoch, e.g. 0.1 (default 0: off)")
 
     o = p.add_argument_group("optimization")
-    o.add_argument("--optimizer", choices=CHOICES["optimizer"], help="adamw (default), lion, or muon (Muon for hidden matrices, AdamW for the rest)")
+    o.add_argument("--optimizer", choices=CHOICES["optimizer"],
+                   help="adamw (default), lion, or muon (Muon for hidden matrices, AdamW for the rest)")
     o.add_argument("--lr", type=float, help="peak learning rate (adamw, muon: 1e-3 scratch, 5e-5 fine-tune; lion: /5)")
     o.add_argument("--min-lr-ratio", type=float, help="cosine floor as a fraction of --lr (default 0.1)")
-    o.add_argument("--weight-decay", type=float, help="weight decay (adamw 0.1, lion 0.5)")
+    o.add_argument("--weight-decay", type=float, help="weight decay (adamw, muon 0.1; lion 0.5)")
     o.add_argument("--beta1", type=float, help="default 0.9")
     o.add_argument("--beta2", type=float, help="default 0.99")
     o.add_argument("--warmup-steps", type=int, help="linear warmup steps before cosine decay (default 100)")
