@@ -430,3 +430,46 @@ def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
     assert "cannot resume exactly" in capsys.readouterr().err
     assert cli(*train_args(text_file, out, "--resume", "--max-steps", "4")) == 2
     assert "--dataset differ" in capsys.readouterr().err
+
+
+def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained, text_file, monkeypatch, capsys):
+    """train/model_card.py, with its `bardterm` subprocesses run in-process so it takes seconds, not minutes."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from bardterm.registry import get_registry
+
+    spec = importlib.util.spec_from_file_location("model_card", REPO / "train" / "model_card.py")
+    model_card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_card)
+
+    def in_process(*args: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli(*args) == 0
+        return out.getvalue()
+
+    monkeypatch.setattr(model_card, "bardterm", in_process)
+    command = f"bardterm train --dataset {text_file} --output {trained}"
+    monkeypatch.setattr(sys, "argv", ["model_card.py", str(trained), "--recipe", "train/smoke.toml", "--command",
+                                      command, "--notes", "**Reproducibility.** Twin."])
+    model_card.main()
+
+    card = (trained / "README.md").read_text()
+    figures = json.loads(in_process("eval", "--checkpoint", trained, "--dataset", text_file, "--split", "all",
+                                    "--json"))["splits"]
+    assert set(figures) == {"validation", "test", "valtest"}
+    for split, m in figures.items():
+        row = f"| {split} | {m['chars']:,} | {m['tokens']:,} | {m['loss']:.4f} |"
+        assert row in card and f"{m['nats_per_char']:.4f} | {m['bits_per_char']:.4f} |" in card
+    assert f"    {command}\n" in card and "`train/smoke.toml`" in card and "**Reproducibility.** Twin." in card
+    meta = json.loads((trained / "bardterm.json").read_text())
+    assert f"step {meta['best']['step']} of 40" in card
+    decoders = get_registry().built_ins()
+    assert len(decoders) >= 6
+    for decoder in decoders:
+        assert re.search(rf"^\| {decoder} \| `[^`]+` \| \d\.\d\d \| (yes|no) \|$", card, re.M), decoder
+        assert card.count(f"**{decoder}** (`") == 2  # one sample per prompt
+    assert card.count("```\nTo be, or not to be") == len(decoders) and card.count("```\nROMEO:") == len(decoders)
+    assert not list(trained.glob("*.tmp"))  # written to a temporary file, then renamed

@@ -43,8 +43,10 @@ def main() -> None:
     args = parser.parse_args()
 
     meta = json.loads((args.checkpoint / "bardterm.json").read_text())
+    # Evaluate on the dataset it was trained on: tiny_shakespeare by name (its fixed splits), else the same file.
+    dataset = meta["dataset"]["name"] if meta["dataset"]["name"] == "tiny_shakespeare" else meta["dataset"]["source"]
     data = ["--data-file", args.data_file] if args.data_file else []
-    figures = json.loads(bardterm("eval", "--checkpoint", str(args.checkpoint), "--dataset", "tiny_shakespeare",
+    figures = json.loads(bardterm("eval", "--checkpoint", str(args.checkpoint), "--dataset", dataset,
                                   "--split", "all", "--json", *data))["splits"]
     config, hardware = meta["config"], meta["hardware"]
     weights = args.checkpoint / "model.safetensors"
