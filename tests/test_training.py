@@ -435,14 +435,11 @@ def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
 def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained, text_file, monkeypatch, capsys):
     """train/model_card.py, with its `bardterm` subprocesses run in-process so it takes seconds, not minutes."""
     import contextlib
-    import importlib.util
     import io
 
     from bardterm.registry import get_registry
 
-    spec = importlib.util.spec_from_file_location("model_card", REPO / "train" / "model_card.py")
-    model_card = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model_card)
+    model_card = load_train_script("model_card")
 
     def in_process(*args: str) -> str:
         out = io.StringIO()
@@ -473,3 +470,59 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
         assert card.count(f"**{decoder}** (`") == 2  # one sample per prompt
     assert card.count("```\nTo be, or not to be") == len(decoders) and card.count("```\nROMEO:") == len(decoders)
     assert not list(trained.glob("*.tmp"))  # written to a temporary file, then renamed
+
+
+def load_train_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_half_precision_copy_loads_in_float32_with_the_rounded_weights(trained, text_file, tmp_path, capsys):
+    import hashlib
+
+    import torch
+
+    from bardterm.models import load_checkpoint
+
+    half_precision = load_train_script("half_precision")
+    before = hashlib.sha256((trained / "model.safetensors").read_bytes()).hexdigest()
+    target = tmp_path / "ship" / "half"
+    assert half_precision.main([str(trained), str(target)]) == 0
+    assert hashlib.sha256((trained / "model.safetensors").read_bytes()).hexdigest() == before  # source untouched
+    ratio = (target / "model.safetensors").stat().st_size / (trained / "model.safetensors").stat().st_size
+    assert 0.49 < ratio < 0.51
+    assert json.loads((target / "config.json").read_text())["dtype"] == "float16"
+    assert {p.name for p in target.iterdir()} >= {"tokenizer.json", "bardterm.json", "generation_config.json"}
+    assert [p.name for p in target.parent.iterdir()] == ["half"]  # no staging folder left behind
+
+    full, half = load_checkpoint(trained, device="cpu"), load_checkpoint(target, device="cpu")
+    full_params, half_params = dict(full.model.named_parameters()), dict(half.model.named_parameters())
+    assert full_params.keys() == half_params.keys()
+    for name, weight in full_params.items():
+        assert half_params[name].dtype == torch.float32
+        assert torch.equal(half_params[name], weight.detach().half().float()), name
+    figures = []
+    for checkpoint in (trained, target):
+        capsys.readouterr()
+        assert cli("eval", "--checkpoint", checkpoint, "--dataset", text_file, "--json") == 0
+        figures.append(json.loads(capsys.readouterr().out)["splits"]["validation"]["nats_per_char"])
+    assert figures[0] != figures[1] and abs(figures[0] - figures[1]) < 0.005
+
+
+def test_half_precision_refuses_bad_input_and_writes_nothing(trained, tmp_path, capsys):
+    half_precision = load_train_script("half_precision")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    assert half_precision.main([str(trained), str(existing)]) == 2
+    assert "already exists" in capsys.readouterr().err and [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert half_precision.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and not (tmp_path / "out").exists()
+    with pytest.raises(BardtermError, match="use float16 or bfloat16"):
+        half_precision.store(trained, tmp_path / "out", "int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
