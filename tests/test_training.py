@@ -432,10 +432,11 @@ def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
     assert "--dataset differ" in capsys.readouterr().err
 
 
-def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained, text_file, monkeypatch, capsys):
+def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained, text_file, tmp_path, monkeypatch):
     """train/model_card.py, with its `bardterm` subprocesses run in-process so it takes seconds, not minutes."""
     import contextlib
     import io
+    import shutil
 
     from bardterm.registry import get_registry
 
@@ -448,6 +449,7 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
         return out.getvalue()
 
     monkeypatch.setattr(model_card, "bardterm", in_process)
+    trained = shutil.copytree(trained, tmp_path / "run")  # the card is written into the folder; keep the fixture's clean
     command = f"bardterm train --dataset {text_file} --output {trained}"
     monkeypatch.setattr(sys, "argv", ["model_card.py", str(trained), "--recipe", "train/smoke.toml", "--command",
                                       command, "--notes", "**Reproducibility.** Twin."])
@@ -461,6 +463,7 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
         row = f"| {split} | {m['chars']:,} | {m['tokens']:,} | {m['loss']:.4f} |"
         assert row in card and f"{m['nats_per_char']:.4f} | {m['bits_per_char']:.4f} |" in card
     assert f"    {command}\n" in card and "`train/smoke.toml`" in card and "**Reproducibility.** Twin." in card
+    assert re.search(r"Weights: `model.safetensors`, \d+\.\d MB \(float32\)\.", card)
     meta = json.loads((trained / "bardterm.json").read_text())
     assert f"step {meta['best']['step']} of 40" in card
     decoders = get_registry().built_ins()

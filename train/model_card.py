@@ -50,13 +50,14 @@ def main() -> None:
                                   "--split", "all", "--json", *data))["splits"]
     config, hardware = meta["config"], meta["hardware"]
     weights = args.checkpoint / "model.safetensors"
+    stored = json.loads((args.checkpoint / "config.json").read_text()).get("dtype", "float32")
     lines = [
         f"# {args.checkpoint.name}: a Shakespeare model trained from scratch by bardterm", "",
         f"A {meta['derived']['parameters'] / 1e6:.2f}M-parameter GPT-2 ({config['n_layer']} layers, width "
         f"{config['n_embd']}, {config['n_head']} heads, context {config['block_size']} tokens, tied embeddings) "
         f"with a {config['vocab_size']}-token byte-level BPE tokenizer trained on the training split of "
         f"tiny_shakespeare (sha256 `{meta['dataset']['sha256'][:16]}…`). Weights: `model.safetensors`, "
-        f"{weights.stat().st_size / 1e6:.1f} MB.", "",
+        f"{weights.stat().st_size / 1e6:.1f} MB ({stored}).", "",
         "## How it was made", "",
         f"    {args.command}", "",
         f"- Recipe: `{args.recipe}` (every hyperparameter is also in `bardterm.json`).",
