@@ -432,6 +432,15 @@ def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):
     assert "--dataset differ" in capsys.readouterr().err
 
 
+def load_train_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained, text_file, tmp_path, monkeypatch):
     """train/model_card.py, with its `bardterm` subprocesses run in-process so it takes seconds, not minutes."""
     import contextlib
@@ -473,15 +482,6 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
         assert card.count(f"**{decoder}** (`") == 2  # one sample per prompt
     assert card.count("```\nTo be, or not to be") == len(decoders) and card.count("```\nROMEO:") == len(decoders)
     assert not list(trained.glob("*.tmp"))  # written to a temporary file, then renamed
-
-
-def load_train_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_half_precision_copy_loads_in_float32_with_the_rounded_weights(trained, text_file, tmp_path, capsys):

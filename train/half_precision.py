@@ -14,11 +14,11 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bardterm.errors import BardtermError
 from bardterm.models import check_checkpoint
+from bardterm.training.checkpoint import staging_dir
 
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "bardterm.json", "loss.png", "README.md")
@@ -37,8 +37,7 @@ def store(source: Path, target: Path, dtype: str = "float16") -> None:
         raise BardtermError(f"{source} has no model.safetensors (sharded or renamed weights are not supported)")
     if target.exists():
         raise BardtermError(f"{target} already exists: give a new directory (nothing was written)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    stage = staging_dir(target.parent, target.name)
     try:
         for name in MODEL_FILES:
             if (source / name).is_file():
@@ -49,7 +48,6 @@ def store(source: Path, target: Path, dtype: str = "float16") -> None:
         config = json.loads((stage / "config.json").read_text(encoding="utf-8"))
         config["dtype"] = dtype
         (stage / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        stage.chmod(0o755)  # mkdtemp makes it private; a checkpoint is for everyone
         stage.rename(target)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
