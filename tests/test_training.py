@@ -474,6 +474,9 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
     assert f"    {command}\n" in card and "`train/smoke.toml`" in card and "**Reproducibility.** Twin." in card
     assert re.search(r"Weights: `model.safetensors`, \d+\.\d MB \(float32\)\.", card)
     meta = json.loads((trained / "bardterm.json").read_text())
+    tied = "tied" if meta["config"]["tie_weights"] else "untied"
+    assert f"{tied} embeddings) with a" in card and f"training split of {meta['dataset']['name']} (sha256" in card
+    assert "tiny_shakespeare" not in meta["dataset"]["name"]  # the fixture trains on a file: the card names it
     assert f"step {meta['best']['step']} of 40" in card
     decoders = get_registry().built_ins()
     assert len(decoders) >= 6
@@ -486,12 +489,15 @@ def test_model_card_reports_the_eval_figures_and_every_built_in_decoder(trained,
 
 def test_half_precision_copy_loads_in_float32_with_the_rounded_weights(trained, text_file, tmp_path, capsys):
     import hashlib
+    import shutil
 
     import torch
 
     from bardterm.models import load_checkpoint
 
     half_precision = load_train_script("half_precision")
+    trained = shutil.copytree(trained, tmp_path / "run")
+    (trained / "README.md").write_text("the fp32 model's card")  # stale beside the copy: left behind
     before = hashlib.sha256((trained / "model.safetensors").read_bytes()).hexdigest()
     target = tmp_path / "ship" / "half"
     assert half_precision.main([str(trained), str(target)]) == 0
@@ -500,6 +506,7 @@ def test_half_precision_copy_loads_in_float32_with_the_rounded_weights(trained, 
     assert 0.49 < ratio < 0.51
     assert json.loads((target / "config.json").read_text())["dtype"] == "float16"
     assert {p.name for p in target.iterdir()} >= {"tokenizer.json", "bardterm.json", "generation_config.json"}
+    assert not (target / "README.md").exists()
     assert [p.name for p in target.parent.iterdir()] == ["half"]  # no staging folder left behind
 
     full, half = load_checkpoint(trained, device="cpu"), load_checkpoint(target, device="cpu")

@@ -2,8 +2,8 @@
 
     python train/half_precision.py RUN_DIR NEW_DIR [--dtype float16]
 
-Copies the best model of a run (its top-level files, not last/ or resume/) into NEW_DIR, which must not
-exist, with every floating-point tensor cast and config.json's dtype set to match. bardterm still loads it
+Copies the best model of a run (its top-level files, not last/ or resume/, and not a model card) into NEW_DIR,
+which must not exist, with every floating-point tensor cast and config.json's dtype set to match. bardterm still loads it
 in float32 on the CPU. Issue 5 allows such storage if it costs under 0.005 nats/char: measure both with
 `bardterm eval --split all`.
 """
@@ -20,8 +20,9 @@ from bardterm.errors import BardtermError
 from bardterm.models import check_checkpoint
 from bardterm.training.checkpoint import staging_dir
 
+# Not README.md: a model card describes the weights it sits beside; rerun train/model_card.py on the copy.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "bardterm.json", "loss.png", "README.md")
+               "bardterm.json", "loss.png")
 
 
 def store(source: Path, target: Path, dtype: str = "float16") -> None:

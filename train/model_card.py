@@ -54,9 +54,10 @@ def main() -> None:
     lines = [
         f"# {args.checkpoint.name}: a Shakespeare model trained from scratch by bardterm", "",
         f"A {meta['derived']['parameters'] / 1e6:.2f}M-parameter GPT-2 ({config['n_layer']} layers, width "
-        f"{config['n_embd']}, {config['n_head']} heads, context {config['block_size']} tokens, tied embeddings) "
-        f"with a {config['vocab_size']}-token byte-level BPE tokenizer trained on the training split of "
-        f"tiny_shakespeare (sha256 `{meta['dataset']['sha256'][:16]}…`). Weights: `model.safetensors`, "
+        f"{config['n_embd']}, {config['n_head']} heads, context {config['block_size']} tokens, "
+        f"{'tied' if config['tie_weights'] else 'untied'} embeddings) with a {config['vocab_size']}-token byte-level "
+        f"BPE tokenizer trained on the training split of {meta['dataset']['name']} "
+        f"(sha256 `{meta['dataset']['sha256'][:16]}…`). Weights: `model.safetensors`, "
         f"{weights.stat().st_size / 1e6:.1f} MB ({stored}).", "",
         "## How it was made", "",
         f"    {args.command}", "",
