@@ -3,8 +3,8 @@
     python train/half_precision.py RUN_DIR NEW_DIR [--dtype float16]
 
 Copies the best model of a run (its top-level files, not last/ or resume/, and not a model card) into NEW_DIR,
-which must not exist, with every floating-point tensor cast and config.json's dtype set to match. bardterm still loads it
-in float32 on the CPU. Issue 5 allows such storage if it costs under 0.005 nats/char: measure both with
+which must not exist, with every floating-point tensor cast and config.json's dtype set to match. bardterm
+still loads it in float32 on the CPU. Issue 5 allows such storage if it costs under 0.005 nats/char: measure both with
 `bardterm eval --split all`.
 """
 
