@@ -314,6 +314,7 @@ def test_lr_schedule_and_data_order():
     (["--warmup-steps", "-1"], "invalid --warmup-steps"),
     (["--ema", "1"], "invalid --ema"),
     (["--bpe-dropout", "1"], "invalid --bpe-dropout"),
+    (["--attn-dropout", "-0.1"], "invalid --attn-dropout"),
 ])
 def test_invalid_hyperparameters(text_file, tmp_path, capsys, flags, message):
     out = tmp_path / "out"
@@ -417,6 +418,41 @@ def test_bf16_on_a_cpu_without_native_bf16_says_how_to_avoid_it(text_file, tmp_p
                            "--eval-interval", "1")) == 0
     said = capsys.readouterr().out
     assert ("no native bf16" in said and "--mixed-precision no" in said) is not native
+
+
+def test_attention_dropout_and_activation_reach_the_model(trained, text_file, tmp_path):
+    import torch
+    from transformers.activations import ACT2FN
+
+    # By default attention dropout is --dropout and the activation GPT-2's, as every run before the flags.
+    default = json.loads((trained / "config.json").read_text())
+    assert default["attn_pdrop"] == default["resid_pdrop"] and default["activation_function"] == "gelu_new"
+
+    out = tmp_path / "fast"
+    assert cli(*train_args(text_file, out, "--dropout", "0.3", "--attn-dropout", "0",
+                           "--activation", "gelu_pytorch_tanh", "--max-steps", "2", "--eval-interval", "2")) == 0
+    fast = json.loads((out / "config.json").read_text())
+    assert (fast["attn_pdrop"], fast["resid_pdrop"], fast["embd_pdrop"]) == (0.0, 0.3, 0.3)
+    assert fast["activation_function"] == "gelu_pytorch_tanh"
+    assert json.loads((out / "bardterm.json").read_text())["config"]["attn_dropout"] == 0.0
+    # The fused activation is the same function as gelu_new, in one kernel.
+    x = torch.linspace(-6, 6, 10_001)
+    torch.testing.assert_close(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), atol=1e-6, rtol=1e-5)
+
+
+def test_a_run_saved_before_attn_dropout_resumes_with_its_dropout(text_file, tmp_path):
+    from bardterm.training.loop import attn_dropout
+
+    out = tmp_path / "run"
+    assert cli(*train_args(text_file, out, "--dropout", "0.25", "--max-steps", "2", "--eval-interval", "2")) == 0
+    state_file = out / "resume" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["attn_dropout"], state["config"]["activation"]  # as saved before the flags existed
+    state_file.write_text(json.dumps(state))
+    assert attn_dropout(state["config"]) == 0.25
+    assert cli(*train_args(text_file, out, "--resume", "--max-steps", "4")) == 0
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert config["attn_pdrop"] == 0.25 and config["activation_function"] == "gelu_new"
 
 
 def test_resume_refuses_a_different_dataset(text_file, tmp_path, capsys):

@@ -66,6 +66,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="scratch: tie input and output embeddings (default)")
     g.add_argument("--no-tie-weights", dest="tie_weights", action="store_false")
     g.add_argument("--dropout", type=float, help="dropout (default 0.1)")
+    g.add_argument("--attn-dropout", type=float, metavar="P", help="dropout on attention probabilities (default: "
+                   "--dropout); 0 lets attention run as one fused kernel")
+    g.add_argument("--activation", choices=CHOICES["activation"], help="scratch: MLP activation (default gelu_new, "
+                   "GPT-2's; gelu_pytorch_tanh is the same function as one fused kernel)")
     g.add_argument("--bpe-dropout", type=float, metavar="P", help="BPE-dropout: skip each merge with probability P "
                    "when tokenizing the training text, afresh each epoch, e.g. 0.1 (default 0: off)")
 

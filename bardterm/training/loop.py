@@ -222,6 +222,11 @@ class _quiet_hub:
         return False
 
 
+def attn_dropout(config: dict) -> float:
+    """Dropout on attention probabilities: --attn-dropout, else --dropout (as every run before the flag existed)."""
+    return config["dropout"] if config.get("attn_dropout") is None else config["attn_dropout"]
+
+
 def load_base(config: dict):
     """(model, tokenizer) of a pretrained base: a local directory or a Hub id (cache or network)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -249,9 +254,12 @@ def load_base(config: dict):
                 model_config = AutoConfig.from_pretrained(base)
         except (OSError, ValueError):
             raise unreachable from None
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "hidden_dropout", "attention_dropout"):
+    for key in ("resid_pdrop", "embd_pdrop", "dropout", "hidden_dropout"):
         if hasattr(model_config, key):
             setattr(model_config, key, config["dropout"])
+    for key in ("attn_pdrop", "attention_dropout"):
+        if hasattr(model_config, key):
+            setattr(model_config, key, attn_dropout(config))
     try:
         with _quiet_hub():
             model = AutoModelForCausalLM.from_pretrained(base, config=model_config, local_files_only=local_only)
@@ -277,7 +285,8 @@ def build_scratch(config: dict, tokenizer):
         n_head=config["n_head"],
         resid_pdrop=config["dropout"],
         embd_pdrop=config["dropout"],
-        attn_pdrop=config["dropout"],
+        attn_pdrop=attn_dropout(config),  # 0: SDPA's fused kernel, no (batch, heads, T, T) probabilities or masks
+        activation_function=config["activation"],
         bos_token_id=bos_id(tokenizer),
         eos_token_id=bos_id(tokenizer),
         tie_word_embeddings=config["tie_weights"],

@@ -45,6 +45,8 @@ DEFAULTS: dict = {
     "block_size": None,  # scratch: from the preset; fine-tune: min(256, the model's n_positions)
     "tie_weights": True,
     "dropout": 0.1,
+    "attn_dropout": None,  # dropout on the attention probabilities; None: --dropout. 0 lets SDPA use its fused kernel
+    "activation": "gelu_new",  # scratch: GPT-2's tanh GELU; gelu_pytorch_tanh is the same function in one fused kernel
     "bpe_dropout": 0.0,  # probability of skipping each BPE merge while training (BPE-dropout); 0: off
     "optimizer": "adamw",
     "lr": None,  # adamw and muon: 1e-3 scratch, 5e-5 fine-tune; lion: that times LION_LR_FACTOR
@@ -75,6 +77,7 @@ CHOICES = {
     "optimizer": ("adamw", "lion", "muon"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "preset": tuple(PRESETS),
+    "activation": ("gelu_new", "gelu_pytorch_tanh"),
 }
 
 # On --resume these may differ from the saved run; any other difference is refused.
@@ -84,10 +87,10 @@ RESUME_OVERRIDABLE = {"max_steps", "epochs", "patience", "min_delta", "eval_inte
 INT_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "warmup_steps", "batch_size",
             "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval",
             "threads"}
-FLOAT_KEYS = {"dropout", "bpe_dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "epochs",
-              "min_delta", "ema"}
+FLOAT_KEYS = {"dropout", "attn_dropout", "bpe_dropout", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2",
+              "grad_clip", "epochs", "min_delta", "ema"}
 BOOL_KEYS = {"tie_weights"}
-STR_KEYS = {"dataset", "data_file", "base", "preset", "optimizer", "mixed_precision", "run_name", "output"}
+STR_KEYS = {"dataset", "data_file", "base", "preset", "optimizer", "activation", "mixed_precision", "run_name", "output"}
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -200,6 +203,8 @@ def finalize(config: dict) -> dict:
         raise _bad("weight_decay", c["weight_decay"], "must be 0 or more")
     if not 0 <= c["dropout"] < 1:
         raise _bad("dropout", c["dropout"], "must be in [0, 1)")
+    if c["attn_dropout"] is not None and not 0 <= c["attn_dropout"] < 1:
+        raise _bad("attn_dropout", c["attn_dropout"], "must be in [0, 1); 0 is fastest on a CPU")
     if not 0 <= c["bpe_dropout"] < 1:
         raise _bad("bpe_dropout", c["bpe_dropout"], "must be in [0, 1): 0 is off, 0.1 is the paper's value")
     for key in ("beta1", "beta2"):
