@@ -31,6 +31,14 @@ def test_without_dropout_it_segments_exactly_as_the_tokenizer(tokenizer, text):
     assert BPEDropout(tokenizer, 0.0).encode(text, seed=1) == encode(tokenizer, text).tolist()
 
 
+def test_a_special_token_in_the_text_stays_one_token(tokenizer, text):
+    joined = text[:2000] + "<|endoftext|>" + text[2000:4000]
+    ids = BPEDropout(tokenizer, 0.0).encode(joined, seed=1)
+    assert ids == encode(tokenizer, joined).tolist()
+    assert ids.count(tokenizer.convert_tokens_to_ids("<|endoftext|>")) == 1
+    assert tokenizer.decode(BPEDropout(tokenizer, 0.3).encode(joined, seed=1)) == joined
+
+
 def test_with_dropout_the_pieces_are_finer_spell_the_same_text_and_follow_the_seed(tokenizer, text):
     plain = encode(tokenizer, text).tolist()
     dropper = BPEDropout(tokenizer, 0.1)

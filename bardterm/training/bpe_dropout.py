@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 
 class BPEDropout:
@@ -28,13 +29,22 @@ class BPEDropout:
         self.vocab = model["vocab"]
         self.pre_tokenizer = backend.pre_tokenizer
         self.p = p
+        # Special tokens in the text (`<|endoftext|>`) are one token each, as the tokenizer itself makes them.
+        self.specials = {token.content: token_id for token_id, token in tokenizer.added_tokens_decoder.items()}
+        self.special_pattern = (re.compile("(" + "|".join(map(re.escape, sorted(self.specials, key=len, reverse=True)))
+                                           + ")") if self.specials else None)
 
     def encode(self, text: str, seed: int) -> list[int]:
         """Token ids of `text` with merges dropped at random; the same seed gives the same ids."""
         rng = random.Random(seed) if self.p else None
         ids: list[int] = []
-        for word, _ in self.pre_tokenizer.pre_tokenize_str(text):
-            ids.extend(self._word(word, rng))
+        parts = self.special_pattern.split(text) if self.special_pattern else [text]
+        for part in parts:
+            if part in self.specials:
+                ids.append(self.specials[part])
+                continue
+            for word, _ in self.pre_tokenizer.pre_tokenize_str(part):
+                ids.extend(self._word(word, rng))
         return ids
 
     def _word(self, word: str, rng) -> list[int]:
