@@ -167,8 +167,9 @@ def test_with_a_weight_average_the_average_is_what_is_evaluated_and_saved(text_f
     assert math.isclose(measured, meta["best"]["val_loss"], rel_tol=1e-5)  # the saved model is the one evaluated
 
 
-@pytest.mark.parametrize("average", [[], ["--ema", "0.8"], ["--bpe-dropout", "0.2"], ["--optimizer", "muon"]],
-                         ids=["weights", "weight-average", "bpe-dropout", "muon"])
+@pytest.mark.parametrize("average", [[], ["--ema", "0.8"], ["--bpe-dropout", "0.2"], ["--optimizer", "muon"],
+                                     ["--rename-speakers", "0.5"]],
+                         ids=["weights", "weight-average", "bpe-dropout", "muon", "rename-speakers"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(text_file, tmp_path, capsys, average):
     """Ctrl+C at step 7 (mid-epoch, between evaluations), then --resume, ends with the same weights and
     prints the same log: the loss on the first line after the resume still averages the whole interval."""

@@ -70,6 +70,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "--dropout); 0 lets attention run as one fused kernel")
     g.add_argument("--activation", choices=CHOICES["activation"], help="scratch: MLP activation (default gelu_new, "
                    "GPT-2's; gelu_pytorch_tanh is the same function as one fused kernel)")
+    g.add_argument("--rename-speakers", type=float, metavar="P", help="give each speaker of the training text an "
+                   "invented name with probability P, afresh each epoch, so unseen names are learnt as names, "
+                   "e.g. 0.5 (default 0: off)")
     g.add_argument("--bpe-dropout", type=float, metavar="P", help="BPE-dropout: skip each merge with probability P "
                    "when tokenizing the training text, afresh each epoch, e.g. 0.1 (default 0: off)")
 

@@ -296,21 +296,35 @@ def build_scratch(config: dict, tokenizer):
     return model
 
 
-def _bpe_dropout(config: dict, tokenizer, dataset):
-    """Each epoch's training tokens with BPE-dropout, seeded by (seed, epoch); None when it is off."""
-    if not config.get("bpe_dropout"):
+def _retokenize(config: dict, tokenizer, dataset):
+    """Each epoch's own training tokens, seeded by (seed, epoch), with speaker renaming and/or BPE-dropout;
+    None when both are off (every epoch then uses the same tokens)."""
+    if not config.get("bpe_dropout") and not config.get("rename_speakers"):
         return None
     import torch
 
     from bardterm.training.bpe_dropout import BPEDropout
+    from bardterm.training.rename import SpeakerRenamer
+    from bardterm.training.tokenizer import encode
 
+    text = dataset.splits["train"]
     try:
-        dropper = BPEDropout(tokenizer, config["bpe_dropout"])
+        renamer = SpeakerRenamer(text, config["rename_speakers"])
+    except ValueError as error:
+        raise BardtermError(f"--rename-speakers: {error}; drop the flag for this dataset") from None
+    try:
+        dropper = BPEDropout(tokenizer, config["bpe_dropout"]) if config["bpe_dropout"] else None
     except (ValueError, AttributeError):
         raise BardtermError(f"--bpe-dropout needs a byte-level BPE tokenizer, which {config['base']} does not "
                             "have; drop the flag") from None
-    text = dataset.splits["train"]
-    return lambda epoch: torch.tensor(dropper.encode(text, config["seed"] * 1_000_003 + epoch), dtype=torch.long)
+
+    def tokens(epoch: int):
+        seed = config["seed"] * 1_000_003 + epoch
+        epoch_text = renamer.rename(text, 2 * seed + 1)  # its own stream, apart from BPE-dropout's
+        return torch.tensor(dropper.encode(epoch_text, seed), dtype=torch.long) if dropper else encode(
+            tokenizer, epoch_text)
+
+    return tokens
 
 
 def make_optimizer(model, config: dict):
@@ -433,7 +447,7 @@ def train(config: dict, *, resume: bool = False, overwrite: bool = False, show_p
     world = accelerator.num_processes
     rank = accelerator.process_index
     global_batch = config["batch_size"] * config["grad_accum"] * world
-    stream = BlockStream(train_ids, block, config["seed"], retokenize=_bpe_dropout(config, tokenizer, dataset))
+    stream = BlockStream(train_ids, block, config["seed"], retokenize=_retokenize(config, tokenizer, dataset))
     steps_per_epoch = stream.n_blocks / global_batch
     if config.get("max_steps"):
         total = config["max_steps"]
