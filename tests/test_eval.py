@@ -55,21 +55,21 @@ def test_window_plan_scores_every_token_once(n, block, stride):
             assert score_from >= block - stride or end - start < block
 
 
-def reference_total(model, seq, block, stride=None):
-    """Token-by-token reference: the context of target t is the window the plan assigns it."""
+def reference_losses(model, seq, block, stride=None) -> list[float]:
+    """Token-by-token reference: the loss of each target, its context the window the plan assigns it."""
     import torch
     import torch.nn.functional as F
 
     from bardterm.training.evaluate import window_plan
 
-    total = 0.0
+    losses = [0.0] * (len(seq) - 1)
     with torch.no_grad():
         for start, end, score_from in window_plan(len(seq) - 1, block, stride):
             for k in range(score_from, end - start):
                 t = start + 1 + k
                 logits = model(input_ids=seq[None, start:t]).logits[0, -1]
-                total += float(F.cross_entropy(logits[None], seq[t:t + 1]))
-    return total
+                losses[t - 1] = float(F.cross_entropy(logits[None], seq[t:t + 1]))
+    return losses
 
 
 @pytest.mark.parametrize("block, stride", [(40, None), (7, None), (8, 3)])
@@ -83,9 +83,11 @@ def test_evaluate_ids_matches_a_token_by_token_reference(tiny_checkpoint, block,
     model, tokenizer = load_model(tiny_checkpoint)
     text = "First Citizen:\nBefore we proceed any further, hear me speak."
     ids = encode(tokenizer, text)
-    m = evaluate_ids(model, ids, len(text), block, bos=bos_id(tokenizer), batch_size=3, stride=stride)
+    m = evaluate_ids(model, ids, len(text), block, bos=bos_id(tokenizer), batch_size=3, stride=stride, per_token=True)
     seq = torch.cat([torch.tensor([bos_id(tokenizer)]), ids])
-    ref = reference_total(model, seq, block, stride)
+    losses = reference_losses(model, seq, block, stride)
+    ref = sum(losses)
+    torch.testing.assert_close(m["token_nats"], torch.tensor(losses, dtype=torch.float64), rtol=1e-4, atol=1e-5)
     assert m["tokens"] == len(ids) and m["chars"] == len(text)
     assert m["total_nats"] == pytest.approx(ref, rel=1e-4)
     assert m["loss"] == pytest.approx(ref / len(ids), rel=1e-4)
@@ -120,6 +122,39 @@ def test_eval_command_prints_all_figures(tiny_checkpoint, capsys, monkeypatch):
     assert result["splits"]["test"]["stride"] == 30 and result["splits"]["test"]["chars"] == 55770
 
 
+def test_eval_names_the_costliest_tokens(tiny_checkpoint, capsys, monkeypatch):
+    import torch
+
+    from bardterm.cli import main
+    from bardterm.training.checkpoint import load_model
+    from bardterm.training.evaluate import costliest_tokens, evaluate_ids
+    from bardterm.training.tokenizer import bos_id, encode
+
+    model, tokenizer = load_model(tiny_checkpoint)
+    text = CORPUS.read_text()[:3000]
+    ids = encode(tokenizer, text)
+    m = evaluate_ids(model, ids, len(text), 40, bos=bos_id(tokenizer), batch_size=5, stride=7, per_token=True)
+    assert float(m["token_nats"].sum()) == pytest.approx(m["total_nats"], rel=1e-9)
+
+    rows = costliest_tokens(ids, m["token_nats"], tokenizer, 5)
+    assert len(rows) == 5 and [r["nats"] for r in rows] == sorted((r["nats"] for r in rows), reverse=True)
+    top = rows[0]
+    assert top["token"] == tokenizer.decode([top["id"]]) and top["count"] == int((ids == top["id"]).sum())
+    assert top["nats"] == pytest.approx(float(m["token_nats"][ids == top["id"]].sum()))
+    assert top["share"] == pytest.approx(top["nats"] / m["total_nats"]) and top["mean"] * top["count"] == pytest.approx(top["nats"])
+
+    monkeypatch.setenv("BARDTERM_TINY_SHAKESPEARE", str(CORPUS))
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--split", "test", "--worst", "3",
+                 "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("test: the 3 tokens that cost the most in all")[1].strip().splitlines()
+    assert table[0].split() == ["token", "count", "nats", "mean", "share"] and len(table) == 4
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--split", "test", "--worst", "2", "--json",
+                 "--batch-size", "64"]) == 0
+    result = json.loads(capsys.readouterr().out)["splits"]["test"]
+    assert len(result["costliest"]) == 2 and "token_nats" not in result
+
+
 def test_eval_bad_input(tiny_checkpoint, tmp_path, capsys):
     from bardterm.cli import main
 
@@ -128,5 +163,7 @@ def test_eval_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--block-size", "999",
                  "--dataset", str(CORPUS)]) == 2
     assert "longer than the model's context" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--worst", "-1", "--dataset", str(CORPUS)]) == 2
+    assert "invalid --worst" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", str(tiny_checkpoint), "--split", "dev"])

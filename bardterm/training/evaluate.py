@@ -37,8 +37,9 @@ def window_plan(n_targets: int, block_size: int, stride: int | None = None):
 
 
 def evaluate_ids(model, ids, n_chars: int, block_size: int, *, bos: int, batch_size: int = 32,
-                 stride: int | None = None, device=None, autocast=None) -> dict:
-    """Score a 1-D LongTensor of token ids; returns loss/token, perplexity, nats/char, bits/char, counts."""
+                 stride: int | None = None, device=None, autocast=None, per_token: bool = False) -> dict:
+    """Score a 1-D LongTensor of token ids; returns loss/token, perplexity, nats/char, bits/char, counts, and
+    with `per_token` also `token_nats`, each token's loss in order."""
     import torch
     import torch.nn.functional as F
 
@@ -50,6 +51,7 @@ def evaluate_ids(model, ids, n_chars: int, block_size: int, *, bos: int, batch_s
     model.eval()
     total = 0.0
     counted = 0
+    token_nats = torch.zeros(n_targets, dtype=torch.float64) if per_token else None
     # Group windows of equal length so they batch; in practice all but the last are full.
     groups: dict[int, list] = {}
     for start, end, score_from in plan:
@@ -67,9 +69,11 @@ def evaluate_ids(model, ids, n_chars: int, block_size: int, *, bos: int, batch_s
                     logits = model(input_ids=x).logits
                 nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                       reduction="none").view(len(chunk), length)
-                for row, (_, _, score_from) in enumerate(chunk):
+                for row, (start, end, score_from) in enumerate(chunk):
                     total += float(nll[row, score_from:].sum(dtype=torch.float64))
                     counted += length - score_from
+                    if per_token:  # window targets are ids[start:end]
+                        token_nats[start + score_from:end] = nll[row, score_from:].double().cpu()
     if was_training:
         model.train()
     assert counted == n_targets, (counted, n_targets)
@@ -85,7 +89,20 @@ def evaluate_ids(model, ids, n_chars: int, block_size: int, *, bos: int, batch_s
         "total_nats": total,
         "block_size": block_size,
         "stride": stride if stride and stride < block_size else block_size,
+        **({"token_nats": token_nats} if per_token else {}),
     }
+
+
+def costliest_tokens(ids, token_nats, tokenizer, n: int) -> list[dict]:
+    """The n token strings that cost the most nats in all, with their count, mean and share of the total."""
+    import torch
+
+    sums = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, token_nats)
+    counts = torch.bincount(ids, minlength=len(sums))
+    total = float(token_nats.sum())
+    return [{"id": i, "token": tokenizer.decode([i]), "count": int(counts[i]), "nats": float(sums[i]),
+             "mean": float(sums[i]) / int(counts[i]), "share": float(sums[i]) / total}
+            for i in torch.argsort(sums, descending=True)[:n].tolist() if counts[i]]
 
 
 def run_eval(args) -> int:
@@ -105,6 +122,8 @@ def run_eval(args) -> int:
         raise BardtermError(f"invalid --block-size {block}: must be at least 1")
     if block > n_positions:
         raise BardtermError(f"--block-size {block} is longer than the model's context ({n_positions}); use at most {n_positions}")
+    if args.worst < 0:
+        raise BardtermError(f"invalid --worst {args.worst}: give a number of tokens, at least 1 (0: off)")
     if args.stride is not None and args.stride < 1:
         raise BardtermError(f"invalid --stride {args.stride}: must be at least 1")
     dataset = load_dataset(args.dataset, data_file=args.data_file)
@@ -117,8 +136,10 @@ def run_eval(args) -> int:
         ids = encode(tokenizer, text)
         t0 = time.perf_counter()
         metrics = evaluate_ids(model, ids, len(text), block, bos=bos_id(tokenizer), batch_size=args.batch_size,
-                               stride=args.stride)
+                               stride=args.stride, per_token=bool(args.worst))
         metrics["seconds"] = time.perf_counter() - t0
+        if args.worst:
+            metrics["costliest"] = costliest_tokens(ids, metrics.pop("token_nats"), tokenizer, args.worst)
         results[split] = metrics
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name, "splits": results}, indent=2))
@@ -130,6 +151,13 @@ def run_eval(args) -> int:
     for split, m in results.items():
         print(f"{split:<11}{m['chars']:>9}{m['tokens']:>9}{m['loss']:>12.4f}{m['perplexity']:>12.3f}"
               f"{m['nats_per_char']:>11.4f}{m['bits_per_char']:>11.4f}")
+    for split, m in results.items():
+        if "costliest" in m:
+            print(f"\n{split}: the {len(m['costliest'])} tokens that cost the most in all")
+            print(f"{'token':<16}{'count':>7}{'nats':>10}{'mean':>8}{'share':>8}")
+            for row in m["costliest"]:  # repr: quotes, and escapes newlines and control characters
+                print(f"{repr(row['token']):<16}{row['count']:>7}{row['nats']:>10.1f}{row['mean']:>8.2f}"
+                      f"{row['share']:>8.1%}")
     return 0
 
 
