@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from train_speed import cpu_name, write_report  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 SIDES = {
     "reference (trial 14)": {},
     "fused GELU": {"activation": "gelu_pytorch_tanh"},
@@ -77,12 +79,10 @@ def main(argv=None) -> int:
                 rates[name].append(side(args, Path(tmp), options))
                 print(f"round {r + 1}: {name}: {rates[name][-1]:,.0f} tok/s", flush=True)
     reference = max(rates["reference (trial 14)"])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
     lines = [
         "Training throughput of model options against trial 14's recipe (benchmarks/train_options_speed.py)",
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"hardware: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, one thread per side, python "
+        f"hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread per side, python "
         f"{platform.python_version()}",
         f"model: train/shakespeare-v4096-muon.toml (GPT-2 6x256, vocab 4096, block 256, batch 16, Muon, dropout 0.2), "
         f"{'bf16 autocast' if args.mixed_precision == 'bf16' else 'fp32'}; {args.steps} steps per side, first "
@@ -92,11 +92,7 @@ def main(argv=None) -> int:
         lines.append(f"{name:22s} tok/s per round: {', '.join(f'{x:,.0f}' for x in values)}  "
                      f"(best {max(values):,.0f}, {max(values) / reference:.2f}x the reference)")
     lines.append("note: the CPU may be shared with other jobs; the alternating rounds keep the ratios fair.")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
+    write_report(lines, args.output)
     return 0
 
 

@@ -135,11 +135,7 @@ def main(argv=None) -> int:
             print(f"round {r + 1}: Trainer  {theirs[-1]:,.0f} tok/s", flush=True)
     a, b = max(ours), max(theirs)
     ma, mb = statistics.median(ours), statistics.median(theirs)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = [
         "bardterm train vs transformers Trainer: training throughput on CPU (benchmarks/train_speed.py)",
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -155,12 +151,24 @@ def main(argv=None) -> int:
         f"ratio bardterm / Trainer: {a / b:.3f}x best-of-rounds, {ma / mb:.3f}x median  (target >= 1.0x)",
         "note: the CPU is shared with other jobs, so absolute numbers vary; the alternating rounds keep the ratio fair.",
     ]
+    write_report(lines, args.output)
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def write_report(lines: list[str], output: str) -> None:
+    """Print the report and write it to `output` (the README points at benchmarks/results/)."""
     report = "\n".join(lines) + "\n"
     print(report)
-    out = Path(args.output)
+    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,30 @@ TEXT = (
 )
 
 
+def tiny_train_args(data, out, *extra) -> list[str]:
+    """`bardterm train` argv: a one-layer GPT-2 on `data` for 4 steps (seconds), for tests of training options."""
+    return ["train", "--dataset", str(data), "--base", "scratch", "--preset", "tiny", "--n-layer", "1", "--n-embd",
+            "32", "--vocab-size", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "4",
+            "--eval-interval", "4", "--no-progress", "--output", str(out), *extra]
+
+
+def train_plain_and_with(tmp_path, text: str, *option: str):
+    """Train the tiny model of `tiny_train_args` on `text` twice, plain and with `option`: the final weights of
+    each and the second run's bardterm.json."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from bardterm.cli import main
+
+    data = tmp_path / "text.txt"
+    data.write_text(text)
+    assert main(tiny_train_args(data, tmp_path / "plain")) == 0
+    assert main(tiny_train_args(data, tmp_path / "option", *option)) == 0
+    plain, changed = (load_file(str(tmp_path / run / "last" / "model.safetensors")) for run in ("plain", "option"))
+    return plain, changed, json.loads((tmp_path / "option" / "bardterm.json").read_text())
+
+
 def make_tokenizer(vocab_size: int = 320):
     """A byte-level BPE tokenizer (GPT-2 style) trained on TEXT, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import train_plain_and_with
 
 from bardterm.training.batches import BlockStream
 from bardterm.training.bpe_dropout import BPEDropout
@@ -82,18 +83,7 @@ def test_each_epoch_draws_its_blocks_from_its_own_tokens():
 
 
 def test_training_with_bpe_dropout_trains_on_other_tokens(tmp_path, text, monkeypatch):
-    from safetensors.torch import load_file
-
-    from bardterm.cli import main
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = tmp_path / "text.txt"
-    data.write_text(text)
-    base = ["train", "--dataset", str(data), "--base", "scratch", "--preset", "tiny", "--n-layer", "1", "--n-embd", "32",
-            "--vocab-size", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "4",
-            "--no-progress"]
-    assert main([*base, "--output", str(tmp_path / "plain")]) == 0
-    assert main([*base, "--output", str(tmp_path / "dropout"), "--bpe-dropout", "0.3"]) == 0
-    plain, dropout = (load_file(str(tmp_path / run / "last" / "model.safetensors")) for run in ("plain", "dropout"))
+    plain, dropout, meta = train_plain_and_with(tmp_path, text, "--bpe-dropout", "0.3")
     assert any(not torch.equal(plain[k], dropout[k]) for k in plain)
-    assert json.loads((tmp_path / "dropout" / "bardterm.json").read_text())["config"]["bpe_dropout"] == 0.3
+    assert meta["config"]["bpe_dropout"] == 0.3

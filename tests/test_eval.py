@@ -123,8 +123,6 @@ def test_eval_command_prints_all_figures(tiny_checkpoint, capsys, monkeypatch):
 
 
 def test_eval_names_the_costliest_tokens(tiny_checkpoint, capsys, monkeypatch):
-    import torch
-
     from bardterm.cli import main
     from bardterm.training.checkpoint import load_model
     from bardterm.training.evaluate import costliest_tokens, evaluate_ids

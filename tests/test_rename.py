@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
 import pytest
+from conftest import tiny_train_args, train_plain_and_with
 
 from bardterm.training.rename import SpeakerRenamer, speaker_names
 
@@ -104,28 +104,20 @@ def test_each_epoch_trains_on_its_own_renamed_tokens(text):
 
 def test_bardterm_train_with_renaming(text, tmp_path, capsys, monkeypatch):
     import torch
-    from safetensors.torch import load_file
 
     from bardterm.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = tmp_path / "text.txt"
-    data.write_text(text)
-    base = ["train", "--dataset", str(data), "--base", "scratch", "--preset", "tiny", "--n-layer", "1", "--n-embd", "32",
-            "--vocab-size", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "4",
-            "--no-progress"]
-    assert main([*base, "--output", str(tmp_path / "plain")]) == 0
-    assert main([*base, "--output", str(tmp_path / "renamed"), "--rename-speakers", "0.5"]) == 0
-    plain, renamed = (load_file(str(tmp_path / run / "last" / "model.safetensors")) for run in ("plain", "renamed"))
+    plain, renamed, meta = train_plain_and_with(tmp_path, text, "--rename-speakers", "0.5")
     assert any(not torch.equal(plain[k], renamed[k]) for k in plain)
-    assert json.loads((tmp_path / "renamed" / "bardterm.json").read_text())["config"]["rename_speakers"] == 0.5
+    assert meta["config"]["rename_speakers"] == 0.5
     capsys.readouterr()
     # A text with no speakers: one clear line, nothing written.
     prose = tmp_path / "prose.txt"
     prose.write_text("It was a dark and stormy night; the rain fell in torrents.\n" * 400)
-    assert main([*base[:2], str(prose), *base[3:], "--output", str(tmp_path / "prose"), "--rename-speakers", "0.5"]) == 2
+    assert main(tiny_train_args(prose, tmp_path / "prose", "--rename-speakers", "0.5")) == 2
     err = capsys.readouterr().err.strip()
     assert "--rename-speakers" in err and "no speaker tags" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "prose").exists()
-    assert main([*base, "--output", str(tmp_path / "bad"), "--rename-speakers", "2"]) == 2
+    assert main(tiny_train_args(tmp_path / "text.txt", tmp_path / "bad", "--rename-speakers", "2")) == 2
     assert "invalid --rename-speakers" in capsys.readouterr().err
