@@ -100,6 +100,10 @@ def test_each_epoch_trains_on_its_own_renamed_tokens(text):
     both = _retokenize({**config, "bpe_dropout": 0.3}, tokenizer, dataset)
     assert tokenizer.decode(both(0)) == epoch0 and len(both(0)) > len(tokens(0))
     assert _retokenize({**config, "rename_speakers": 0.0}, tokenizer, dataset) is None
+    # --rename-epochs 1: renamed in epoch 0 only, the real names from then on.
+    first_only = _retokenize({**config, "rename_epochs": 1}, tokenizer, dataset)
+    assert tokenizer.decode(first_only(0)) == epoch0
+    assert first_only(1).tolist() == first_only(5).tolist() == encode(tokenizer, text).tolist()
 
 
 def test_bardterm_train_with_renaming(text, tmp_path, capsys, monkeypatch):

@@ -316,6 +316,7 @@ def test_lr_schedule_and_data_order():
     (["--ema", "1"], "invalid --ema"),
     (["--bpe-dropout", "1"], "invalid --bpe-dropout"),
     (["--attn-dropout", "-0.1"], "invalid --attn-dropout"),
+    (["--rename-speakers", "0.5", "--rename-epochs", "-1"], "invalid --rename-epochs"),
 ])
 def test_invalid_hyperparameters(text_file, tmp_path, capsys, flags, message):
     out = tmp_path / "out"

@@ -75,6 +75,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rename-speakers", type=float, metavar="P", help="give each speaker of the training text an "
                    "invented name with probability P, afresh each epoch, so unseen names are learnt as names, "
                    "e.g. 0.5 (default 0: off)")
+    g.add_argument("--rename-epochs", type=int, metavar="N", help="rename speakers only in the first N epochs, "
+                   "then train on the real names, so the names of the seen plays are learnt again (default 0: "
+                   "every epoch)")
     g.add_argument("--bpe-dropout", type=float, metavar="P", help="BPE-dropout: skip each merge with probability P "
                    "when tokenizing the training text, afresh each epoch, e.g. 0.1 (default 0: off)")
 

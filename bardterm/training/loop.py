@@ -318,9 +318,12 @@ def _retokenize(config: dict, tokenizer, dataset):
         raise BardtermError(f"--bpe-dropout needs a byte-level BPE tokenizer, which {config['base']} does not "
                             "have; drop the flag") from None
 
+    rename_epochs = config.get("rename_epochs") or 0  # absent from configs saved before it existed
+
     def tokens(epoch: int):
         seed = config["seed"] * 1_000_003 + epoch
-        epoch_text = renamer.rename(text, 2 * seed + 1)  # its own stream, apart from BPE-dropout's
+        renaming = not rename_epochs or epoch < rename_epochs
+        epoch_text = renamer.rename(text, 2 * seed + 1) if renaming else text  # its own stream, apart from BPE-dropout's
         return torch.tensor(dropper.encode(epoch_text, seed), dtype=torch.long) if dropper else encode(
             tokenizer, epoch_text)
 

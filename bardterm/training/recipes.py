@@ -49,6 +49,7 @@ DEFAULTS: dict = {
     "activation": "gelu_new",  # scratch: GPT-2's tanh GELU; gelu_pytorch_tanh is the same function in one fused kernel
     "bpe_dropout": 0.0,  # probability of skipping each BPE merge while training (BPE-dropout); 0: off
     "rename_speakers": 0.0,  # probability of renaming each speaker for an epoch (see training/rename.py); 0: off
+    "rename_epochs": 0,  # rename only in the first N epochs, then train on the real names; 0: every epoch
     "optimizer": "adamw",
     "lr": None,  # adamw and muon: 1e-3 scratch, 5e-5 fine-tune; lion: that times LION_LR_FACTOR
     "min_lr_ratio": 0.1,
@@ -87,7 +88,7 @@ RESUME_OVERRIDABLE = {"max_steps", "epochs", "patience", "min_delta", "eval_inte
 
 INT_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "block_size", "warmup_steps", "batch_size",
             "grad_accum", "max_steps", "eval_interval", "eval_batch_size", "patience", "seed", "log_interval",
-            "threads"}
+            "threads", "rename_epochs"}
 FLOAT_KEYS = {"dropout", "attn_dropout", "bpe_dropout", "rename_speakers", "lr", "min_lr_ratio", "weight_decay",
               "beta1", "beta2", "grad_clip", "epochs", "min_delta", "ema"}
 BOOL_KEYS = {"tie_weights"}
@@ -210,6 +211,8 @@ def finalize(config: dict) -> dict:
         raise _bad("bpe_dropout", c["bpe_dropout"], "must be in [0, 1): 0 is off, 0.1 is the paper's value")
     if not 0 <= c["rename_speakers"] <= 1:
         raise _bad("rename_speakers", c["rename_speakers"], "must be in [0, 1]: 0 is off, 0.5 renames half each epoch")
+    if c["rename_epochs"] < 0:
+        raise _bad("rename_epochs", c["rename_epochs"], "must be 0 (rename in every epoch) or a number of epochs")
     for key in ("beta1", "beta2"):
         if not 0 <= c[key] < 1:
             raise _bad(key, c[key], "must be in [0, 1)")

@@ -12,6 +12,8 @@ uses in lower case, so titles and words ("KING", "ALL", "GREEN") keep their mean
 renamed with probability `p`, consistently for the whole epoch, in capitals ("PROSPERO") and in dialogue
 ("Prospero"). Invented names come from a letter model of the real ones, so they look like names and split
 into the same kind of pieces. Everything is a pure function of (seed, epoch), so resume stays exact.
+`--rename-epochs N` renames in the first N epochs only (training/loop.py), so that the rest of the run
+learns the real names again.
 """
 
 from __future__ import annotations
