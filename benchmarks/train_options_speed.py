@@ -1,7 +1,7 @@
 """Training throughput of the model options that change only speed or regularization, side by side in one run.
 
-The reference is trial 14's recipe, the model and step every shipped checkpoint since has (GPT-2 6x256,
-vocabulary 4096, block 256, batch 16, Muon, dropout 0.2 everywhere, GPT-2's `gelu_new`). Against it:
+The reference is trial 14's recipe, whose model and optimizer every checkpoint shipped since shares (GPT-2
+6x256, vocabulary 4096, block 256, batch 16, Muon, dropout 0.2 everywhere, GPT-2's `gelu_new`). Against it:
 
 - `--activation gelu_pytorch_tanh`: the same tanh-approximated GELU as one fused kernel instead of five
   elementwise ops (the same function; it changes only rounding);

@@ -20,7 +20,6 @@ import platform
 import re
 import shutil
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -323,7 +322,8 @@ def _retokenize(config: dict, tokenizer, dataset):
     def tokens(epoch: int):
         seed = config["seed"] * 1_000_003 + epoch
         renaming = not rename_epochs or epoch < rename_epochs
-        epoch_text = renamer.rename(text, 2 * seed + 1) if renaming else text  # its own stream, apart from BPE-dropout's
+        # 2 * seed + 1: renaming's own random stream, apart from BPE-dropout's
+        epoch_text = renamer.rename(text, 2 * seed + 1) if renaming else text
         return torch.tensor(dropper.encode(epoch_text, seed), dtype=torch.long) if dropper else encode(
             tokenizer, epoch_text)
 
