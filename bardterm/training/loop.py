@@ -228,8 +228,11 @@ def attn_dropout(config: dict) -> float:
 
 def load_base(config: dict):
     """(model, tokenizer) of a pretrained base: a local directory or a Hub id (cache or network)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     base = config["base"]
     looks_local = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1] or Path(base).exists()
     if looks_local and not Path(base).expanduser().is_dir():
@@ -261,7 +264,10 @@ def load_base(config: dict):
             setattr(model_config, key, attn_dropout(config))
     try:
         with _quiet_hub():
-            model = AutoModelForCausalLM.from_pretrained(base, config=model_config, local_files_only=local_only)
+            # float32 master weights whatever the storage dtype (the shipped checkpoint is float16, and Adam
+            # in float16 diverges at step 2); mixed precision stays the choice of --mixed-precision.
+            model = AutoModelForCausalLM.from_pretrained(base, config=model_config, local_files_only=local_only,
+                                                         dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=local_only)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
