@@ -14,6 +14,7 @@ from bardterm.engine import generate
 from bardterm.hookspecs import hookimpl
 from bardterm.plugins import load_plugins, pm
 from bardterm.registry import build
+from bardterm.tui import commands
 from bardterm.tui.app import BardtermApp, Options
 from bardterm.tui.chat import TurnView
 from bardterm.tui.store import Store
@@ -127,7 +128,7 @@ async def wait_for(pilot, condition, timeout: float = 120.0):
 
 
 async def ready(pilot):
-    await wait_for(pilot, lambda: pilot.app.loaded is not None and pilot.app.choice is not None)
+    await wait_for(pilot, lambda: pilot.app.host.loaded is not None and pilot.app.host.choice is not None)
 
 
 async def submit(pilot, text: str):
@@ -139,7 +140,7 @@ async def submit(pilot, text: str):
 
 async def reply(pilot, text: str):
     await submit(pilot, text)
-    await wait_for(pilot, lambda: not pilot.app.generating)
+    await wait_for(pilot, lambda: not pilot.app.host.generating)
     await pilot.pause()
 
 
@@ -170,16 +171,16 @@ async def test_interactive_before_model_loads_then_chat_turn(make_app, home, tok
         assert app.query_one("#prompt").has_focus
         await pilot.press(*"Hi")  # typing works at once, while the model loads
         assert app.query_one("#prompt").text == "Hi"
-        assert app.loaded is None and app.query_one("#loading").display
+        assert app.host.loaded is None and app.query_one("#loading").display
         assert "loading tiny" in str(app.query_one("#model-status").render())
         await pilot.press("enter")  # too early: said so, and the text stays
         assert any("still loading" in m for m in messages(app)) and app.query_one("#prompt").text == "Hi"
         await ready(pilot)
         assert not app.query_one("#loading").display
         await pilot.press("enter")
-        await wait_for(pilot, lambda: not app.generating and len(app.conversation.turns) == 2)
+        await wait_for(pilot, lambda: not app.host.generating and len(app.session.conversation.turns) == 2)
         await pilot.pause()
-        user, model = app.conversation.turns
+        user, model = app.session.conversation.turns
         # the reply is what the engine gives for the play-script prompt, cut at the user's next line
         expected = generate(gpt2, tokenizer, "ROMEO:\nHi\n\nJULIET:\n", build("nucleus"), max_new_tokens=24,
                             stop=["\n\n", "\nROMEO:"], seed=7).text.strip()
@@ -196,7 +197,7 @@ async def test_streams_live_then_esc_stops_and_keeps_partial(make_app, home):
     app = make_app(max_new_tokens=100, template="{name}: {text}")
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.choice.add(app.registry, "slow_test")
+        app.host.choice.add(app.host.registry, "slow_test")
         await submit(pilot, "Speak")
         seen = []
         await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
@@ -209,9 +210,9 @@ async def test_streams_live_then_esc_stops_and_keeps_partial(make_app, home):
         await pilot.press("f2")
         assert app.panel.display
         await pilot.press("escape")
-        await wait_for(pilot, lambda: not app.generating)
+        await wait_for(pilot, lambda: not app.host.generating)
         await pilot.pause()
-        model = app.conversation.turns[-1]
+        model = app.session.conversation.turns[-1]
         assert model.speaker == "model" and model.partial
         assert model.stats["tokens"] < 100
         assert "stopped" in str(app.query_one("#stats").render())
@@ -223,7 +224,7 @@ async def test_quitting_mid_reply_keeps_the_partial_turn(make_app, home):
     app = make_app(max_new_tokens=100, template="{name}: {text}")
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.choice.add(app.registry, "slow_test")
+        app.host.choice.add(app.host.registry, "slow_test")
         await submit(pilot, "Farewell")
         await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
         await pilot.press("ctrl+q")
@@ -240,19 +241,19 @@ async def test_a_processor_that_never_returns_is_given_up_and_the_app_goes_on(ma
     try:
         async with app.run_test(size=(100, 30)) as pilot:
             await ready(pilot)
-            app.choice.add(app.registry, "hang_test")
+            app.host.choice.add(app.host.registry, "hang_test")
             await submit(pilot, "Hold")
             stuck = app.chat.stream
-            await wait_for(pilot, lambda: not app.generating)  # without the watchdog, this times out
+            await wait_for(pilot, lambda: not app.host.generating)  # without the watchdog, this times out
             await pilot.pause()
             [error] = [m for m in messages(app) if "hang_test" in m]
             assert "has not returned from one step" in error and "use another decoder" in error
             assert stuck in Stream.given_up and not stuck.thread_done
-            assert app.conversation.turns[-1].speaker == "model" and app.conversation.turns[-1].partial
+            assert app.session.conversation.turns[-1].speaker == "model" and app.session.conversation.turns[-1].partial
 
-            app.choice.remove("hang_test")  # the app goes on: the next reply streams to its end
+            app.host.choice.remove("hang_test")  # the app goes on: the next reply streams to its end
             await reply(pilot, "Again")
-            assert app.conversation.turns[-1].speaker == "model" and not app.conversation.turns[-1].partial
+            assert app.session.conversation.turns[-1].speaker == "model" and not app.session.conversation.turns[-1].partial
             Hang.released.set()
             await wait_for(pilot, lambda: stuck.thread_done)  # it returns late: the UI has moved on, and
             await pilot.pause(0.2)                            # hears nothing more from it
@@ -268,11 +269,11 @@ async def test_regenerate_replaces_the_last_reply(make_app, home):
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         await reply(pilot, "Hello")
-        first_id = app.conversation.turns[-1].id
+        first_id = app.session.conversation.turns[-1].id
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: not app.generating and app.conversation.turns[-1].id != first_id)
+        await wait_for(pilot, lambda: not app.host.generating and app.session.conversation.turns[-1].id != first_id)
         await pilot.pause()
-        assert [t.speaker for t in app.conversation.turns] == ["user", "model"]
+        assert [t.speaker for t in app.session.conversation.turns] == ["user", "model"]
         assert len(app.query(TurnView)) == 2
     assert [[s for s, _, _ in turns] for turns in stored(home)] == [["user", "model"]]
 
@@ -281,15 +282,15 @@ async def test_plugin_nan_mid_generation_is_a_notification_and_keeps_the_convers
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.choice.add(app.registry, "nan_test")
+        app.host.choice.add(app.host.registry, "nan_test")
         await reply(pilot, "Trouble")
         assert any("nan_test" in m and "NaN" in m for m in messages(app))
-        assert app.conversation.turns[0].text == "Trouble"
+        assert app.session.conversation.turns[0].text == "Trouble"
         assert app.is_running
         # the broken plugin out of the chain, the app carries on
-        app.choice.remove("nan_test")
+        app.host.choice.remove("nan_test")
         await reply(pilot, "Again")
-        assert app.conversation.turns[-1].speaker == "model" and not app.conversation.turns[-1].partial
+        assert app.session.conversation.turns[-1].speaker == "model" and not app.session.conversation.turns[-1].partial
 
 
 async def test_bad_checkpoint_and_missing_default_are_notifications(make_app, home, tmp_path, monkeypatch):
@@ -299,7 +300,7 @@ async def test_bad_checkpoint_and_missing_default_are_notifications(make_app, ho
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 20)
     app = make_app(checkpoint=str(corrupt))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.loading is None and app.registry is not None)
+        await wait_for(pilot, lambda: app.host.loading is None and app.host.registry is not None)
         await pilot.pause()
         assert any("corrupt" in m for m in messages(app))
         assert "no model" in str(app.query_one("#model-status").render())
@@ -309,7 +310,7 @@ async def test_bad_checkpoint_and_missing_default_are_notifications(make_app, ho
     monkeypatch.setattr("bardterm.models.default_checkpoint", lambda: tmp_path / "not-trained-yet")
     app = make_app(checkpoint=None)
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.registry is not None)
+        await wait_for(pilot, lambda: app.host.registry is not None)
         assert any("--checkpoint" in m and "bardterm train" in m for m in messages(app))
 
 
@@ -318,14 +319,14 @@ async def test_unknown_start_decoder_falls_back_with_a_notification(make_app):
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         assert any("unknown decoder 'nonesuch'" in m and "using creative" in m for m in messages(app))
-        assert app.choice.label == "creative"
+        assert app.host.choice.label == "creative"
 
 
 async def test_a_failing_command_is_a_notification(make_app, monkeypatch):
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        monkeypatch.setattr(BardtermApp, "describe", lambda self: 1 / 0)
+        monkeypatch.setattr(commands, "describe", lambda app: 1 / 0)
         await submit(pilot, "/show")
         assert any("/show failed: ZeroDivisionError" in m for m in messages(app)) and app.is_running
 
@@ -338,8 +339,8 @@ async def test_multiline_input_and_history(make_app):
         prompt = app.query_one("#prompt")
         assert prompt.text == "a\nb"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: not app.generating and len(app.conversation.turns) == 2)
-        assert app.conversation.turns[0].text == "a\nb"
+        await wait_for(pilot, lambda: not app.host.generating and len(app.session.conversation.turns) == 2)
+        assert app.session.conversation.turns[0].text == "a\nb"
         await submit(pilot, "/help")
         await pilot.press("up")
         assert prompt.text == "/help"
@@ -356,7 +357,7 @@ async def test_decoder_panel(make_app):
         await pilot.press("f2")
         panel = app.panel
         assert panel.display
-        registry = app.registry
+        registry = app.host.registry
         # every registered decoder is there, plugins included, with its declared parameters
         for name, cls in registry.decoders.items():
             for param in cls.params:
@@ -366,29 +367,29 @@ async def test_decoder_panel(make_app):
         await pilot.pause()
         assert "must be" in str(top_p.parent.query_one(".error").render())
         assert top_p.parent.has_class("-invalid")
-        assert app.choice.values["top_p"]["top_p"] == 0.95  # unchanged
+        assert app.host.choice.values["top_p"]["top_p"] == 0.95  # unchanged
         top_p.value = "0.5"
         await pilot.pause()
-        assert app.choice.values["top_p"]["top_p"] == 0.5 and not top_p.parent.has_class("-invalid")
+        assert app.host.choice.values["top_p"]["top_p"] == 0.5 and not top_p.parent.has_class("-invalid")
         panel.query_one("#use-top_k").value = False
         await pilot.pause()
-        assert "top_k" not in app.choice.chain
+        assert "top_k" not in app.host.choice.chain
         await pilot.click("#up-top_p")
         await pilot.pause()
-        assert app.choice.chain == ["repetition_penalty", "top_p", "temperature"]
+        assert app.host.choice.chain == ["repetition_penalty", "top_p", "temperature"]
         assert [row.id for row in panel.query_one("#chain").children][:3] == [
             "row-repetition_penalty", "row-top_p", "row-temperature"]
         panel.query_one("#selector").value = "greedy"
         await pilot.pause()
-        assert app.choice.selector == "greedy"
+        assert app.host.choice.selector == "greedy"
         panel.query_one("#seed").value = "123"
         await pilot.pause()
-        assert app.choice.seed == 123
+        assert app.host.choice.seed == 123
         panel.query_one("#preset").value = "focused"
         await pilot.pause()
-        assert app.choice.chain == ["temperature", "top_k"] and app.choice.values["temperature"]["temperature"] == 0.7
+        assert app.host.choice.chain == ["temperature", "top_k"] and app.host.choice.values["temperature"]["temperature"] == 0.7
         assert panel.query_one("#use-top_k").value and not panel.query_one("#use-top_p").value
-        assert app.choice.seed == 123  # a preset keeps the seed
+        assert app.host.choice.seed == 123  # a preset keeps the seed
         assert "focused" in str(app.query_one("#decoder-status").render())
 
 
@@ -400,13 +401,13 @@ async def test_slash_commands(make_app, home, tmp_path):
         assert app.panel.display and app.focused.id == "selector"
         app.query_one("#prompt").focus()
         await submit(pilot, "/decoder greedy")
-        assert app.choice.selector == "greedy" and app.choice.chain == ["repetition_penalty"]  # greedy's default
+        assert app.host.choice.selector == "greedy" and app.host.choice.chain == ["repetition_penalty"]  # greedy's default
         assert app.panel.query_one("#selector").value == "greedy"  # the panel follows
         await submit(pilot, "/set top_k 5")
-        assert app.choice.chain == ["repetition_penalty", "top_k"] and app.choice.values["top_k"]["top_k"] == 5
+        assert app.host.choice.chain == ["repetition_penalty", "top_k"] and app.host.choice.values["top_k"]["top_k"] == 5
         await submit(pilot, "/set top_k -3")
         assert any("top_k=-3" in m and "must be an integer >= 1" in m for m in messages(app)), messages(app)
-        assert app.choice.values["top_k"]["top_k"] == 5
+        assert app.host.choice.values["top_k"]["top_k"] == 5
         await submit(pilot, "/set seed 11")
         await submit(pilot, "/set max_new_tokens 9")
         await submit(pilot, "/set user HAMLET")
@@ -429,12 +430,12 @@ async def test_slash_commands(make_app, home, tmp_path):
         app.query_one("#prompt").load_text("")
 
         await reply(pilot, "Who goes")
-        assert app.conversation.turns[1].stats["tokens"] <= 9
-        assert [t.text for t in app.conversation.turns][0] == "Who goes"
+        assert app.session.conversation.turns[1].stats["tokens"] <= 9
+        assert [t.text for t in app.session.conversation.turns][0] == "Who goes"
         await submit(pilot, "/save Night watch")
         await submit(pilot, "/export md")
         await submit(pilot, f"/export json {tmp_path / 'out.json'}")
-        markdown = (tmp_path / f"bardterm-conversation-{app.conversation.id}.md").read_text()
+        markdown = (tmp_path / f"bardterm-conversation-{app.session.conversation.id}.md").read_text()
         assert markdown.startswith("# Night watch") and "**HAMLET**:\n\nWho goes" in markdown
         data = json.loads((tmp_path / "out.json").read_text())
         assert data["title"] == "Night watch" and data["turns"][0]["name"] == "HAMLET"
@@ -442,19 +443,19 @@ async def test_slash_commands(make_app, home, tmp_path):
         assert any("usage: /export md|json" in m for m in messages(app))
 
         await submit(pilot, f"/load {tmp_path / 'nowhere'}")
-        await wait_for(pilot, lambda: app.loading is None)
+        await wait_for(pilot, lambda: app.host.loading is None)
         await pilot.pause()
         assert any("does not exist" in m for m in messages(app))
-        assert app.loaded is not None  # the loaded model stays
-        await submit(pilot, f"/load {app.loaded.path}")
-        await wait_for(pilot, lambda: app.loading is None)
+        assert app.host.loaded is not None  # the loaded model stays
+        await submit(pilot, f"/load {app.host.loaded.path}")
+        await wait_for(pilot, lambda: app.host.loading is None)
 
         await submit(pilot, "/copy")
-        assert app.clipboard == app.conversation.turns[-1].text
+        assert app.clipboard == app.session.conversation.turns[-1].text
         await submit(pilot, "/theme nord")
         assert app.theme == "nord"
         await submit(pilot, "/clear")
-        assert app.conversation is None and not app.query(TurnView)
+        assert app.session.conversation is None and not app.query(TurnView)
         await submit(pilot, "/compare greedy nucleus")
         assert type(app.screen).__name__ == "CompareScreen"
         await pilot.press("escape")
@@ -474,7 +475,7 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2, monkeypatc
         screen = app.screen
         assert [c.setup_name for c in screen.columns] == ["greedy", "beam", "nucleus"]
         for column in screen.columns:  # held at their second step, to see them all running at the same time
-            column.choice.add(app.registry, "gate_test")
+            column.choice.add(app.host.registry, "gate_test")
         Gate.opened.clear()
         screen.query_one("#compare-prompt").value = "To be"
         await pilot.press("enter")
@@ -491,11 +492,11 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2, monkeypatc
         assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
         await pilot.press("escape")
         assert type(app.screen).__name__ != "CompareScreen"
-        app.choice.set(app.registry, "top_p", "0.6")
+        app.host.choice.set(app.host.registry, "top_p", "0.6")
         await submit(pilot, "/compare greedy current nucleus:top_p=0.5,temperature=0.8 sample")
         columns = app.screen.columns
         assert [c.setup_name for c in columns] == ["greedy", "current", "nucleus:top_p=0.5,temperature=0.8", "sample"]
-        assert columns[1].choice.values["top_p"] == {"top_p": 0.6} and columns[1].choice is not app.choice
+        assert columns[1].choice.values["top_p"] == {"top_p": 0.6} and columns[1].choice is not app.host.choice
         assert columns[2].choice.chain == ["temperature", "top_p"] and columns[2].choice.values["top_p"]["top_p"] == 0.5
         await pilot.press("escape")
         await submit(pilot, "/compare greedy nucleus:top_p=7")
@@ -536,23 +537,23 @@ async def test_compose_continue_accept_regenerate_undo(make_app):
         editor.load_text("To be or END")
         editor.move_cursor((0, 9))
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: not app.generating)
+        await wait_for(pilot, lambda: not app.host.generating)
         await pilot.pause()
         continued = editor.text
         assert continued.startswith("To be or ") and continued.endswith("END") and len(continued) > len("To be or END")
         await pilot.press("ctrl+b")  # undo
         assert editor.text == "To be or END"
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: not app.generating)
+        await wait_for(pilot, lambda: not app.host.generating)
         await pilot.press("ctrl+r")  # regenerate: greedy gives the same continuation again, once
-        await wait_for(pilot, lambda: not app.generating)
+        await wait_for(pilot, lambda: not app.host.generating)
         await pilot.pause()
         assert editor.text == continued
         await pilot.press("ctrl+l")  # accept: undo no longer removes it
         await pilot.press("ctrl+b")
         assert editor.text == continued and app.composer.pending is None
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: not app.generating)
+        await wait_for(pilot, lambda: not app.host.generating)
         await pilot.press("x")  # typing on accepts the continuation too
         await pilot.pause()
         typed = editor.text
@@ -569,14 +570,14 @@ async def test_resume_with_continue_and_picker(make_app, home):
         await reply(pilot, "Second play")
     app = make_app(resume=True)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert [t.text for t in app.conversation.turns][0] == "Second play"
+        assert [t.text for t in app.session.conversation.turns][0] == "Second play"
         assert len(app.query(TurnView)) == 2
         await ready(pilot)
         await pilot.press("ctrl+o")
         await pilot.pause()
         await pilot.press("down", "enter")
         await pilot.pause()
-        assert app.conversation.turns[0].text == "First play"
+        assert app.session.conversation.turns[0].text == "First play"
         await reply(pilot, "More")
-        assert [t.speaker for t in app.conversation.turns] == ["user", "model", "user", "model"]
+        assert [t.speaker for t in app.session.conversation.turns] == ["user", "model", "user", "model"]
     assert sorted(len(c) for c in stored(home)) == [2, 4]

@@ -38,15 +38,15 @@ async def main():
     app = BardtermApp(Options(checkpoint=sys.argv[1], seed=3, max_new_tokens=6, decoder="greedy",
                               template="{name}: {text}"))
     async with app.run_test() as pilot:
-        while app.loaded is None or app.choice is None:
+        while app.host.loaded is None or app.host.choice is None:
             await pilot.pause(0.05)
         for text in ["First line", "Second line", "Third line"]:
             if text == "Third line":
-                app.max_new_tokens = 100
-                app.choice.add(app.registry, "slow_kill_test")
+                app.host.max_new_tokens = 100
+                app.host.choice.add(app.host.registry, "slow_kill_test")
             app.query_one("#prompt").load_text(text)
             await pilot.press("enter")
-            while app.generating:
+            while app.host.generating:
                 if app.chat.reply is not None and app.chat.reply.body.plain:
                     print("STREAMING", flush=True)
                 await pilot.pause(0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,9 +12,8 @@ from bardterm.errors import BardtermError
 from bardterm.params import InvalidParameter
 from bardterm.registry import build, get_registry
 from bardterm.tui import commands
-from bardterm.tui.chat import ChatFrame
-from bardterm.tui.decoder_panel import parse_seed
-from bardterm.tui.settings import DecoderChoice
+from bardterm.tui.conversation import ChatFrame
+from bardterm.tui.settings import DecoderChoice, parse_seed
 from bardterm.tui.store import Store, Turn, data_dir, to_json, to_markdown, write_atomic
 from bardterm.tui.streaming import styled
 
@@ -170,14 +168,16 @@ def test_parse_seed():
 
 
 def test_completions(registry):
-    app = SimpleNamespace(registry=registry, available_themes={"textual-dark": 1, "nord": 2})
-    assert commands.completions("/de", app) == ["/decoder "]
-    assert "/decoder nucleus" in commands.completions("/decoder nu", app)
-    assert commands.completions("/set top_", app) == ["/set top_k", "/set top_p"]
-    assert commands.completions("/export j", app) == ["/export json"]
-    assert commands.completions("/compare greedy nuc", app) == ["/compare greedy nucleus"]
-    assert commands.completions("/theme n", app) == ["/theme nord"]
-    assert commands.completions("/zzz", app) == []
+    def completions(text):
+        return commands.completions(text, registry, {"textual-dark": 1, "nord": 2})
+
+    assert completions("/de") == ["/decoder "]
+    assert "/decoder nucleus" in completions("/decoder nu")
+    assert completions("/set top_") == ["/set top_k", "/set top_p"]
+    assert completions("/export j") == ["/export json"]
+    assert completions("/compare greedy nuc") == ["/compare greedy nucleus"]
+    assert completions("/theme n") == ["/theme nord"]
+    assert completions("/zzz") == []
 
 
 def test_styled_dims_the_tail_and_neutralises_control_characters():
@@ -223,3 +223,120 @@ def test_bad_cli_options_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_import_circle_in_the_tui():
+    """Every import between bardterm.tui modules, at the top or inside a function, goes one way."""
+    import ast
+    from pathlib import Path
+
+    import bardterm.tui
+
+    folder = Path(bardterm.tui.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        name = "bardterm.tui" if path.stem == "__init__" else f"bardterm.tui.{path.stem}"
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bardterm.tui"):
+                found |= {node.module} if node.module != "bardterm.tui" else {f"bardterm.tui.{a.name}" for a in node.names}
+        graph[name] = found - {name}
+    graph.pop("bardterm.tui")  # the entry point, imported by nothing inside the package
+
+    def visit(module, path):
+        assert module not in path, f"import circle: {' -> '.join([*path, module])}"
+        for imported in graph.get(module, ()):
+            visit(imported, [*path, module])
+
+    for module in graph:
+        visit(module, [])
+
+
+class FakeTokens:
+    """Counts a prompt's tokens as its words, so that a test can see the fitting without a tokenizer."""
+
+    def __call__(self, text: str) -> int:
+        return len(text.split())
+
+
+def test_chat_session_keeps_turns_in_the_store_without_a_screen(tmp_path):
+    from bardterm.tui.conversation import ChatSession
+
+    reported = []
+    session = ChatSession(ChatFrame("ROMEO", "JULIET"), report=reported.append)
+    session.open_store(tmp_path / "c.sqlite3")
+    session.checkpoint = "ck"
+    session.add_turn(Turn("user", "Hello"))
+    assert session.awaiting_reply()
+    session.add_turn(Turn("model", "Good morrow"))
+    assert not session.awaiting_reply() and session.last_text("model") == "Good morrow"
+    session.drop_last_reply()
+    assert [t.text for t in session.turns] == ["Hello"] and session.awaiting_reply()
+    session.drop_last_reply()  # the user's turn stays: there is nothing to take back, a reply is due
+    assert [t.text for t in session.turns] == ["Hello"]
+    session.add_turn(Turn("model", "Again"))
+    session.set_frame(ChatFrame("HAMLET", "OPHELIA"))
+    assert "saved conversation" in session.save("Night")
+    conversation_id = session.conversation.id
+    session.new()
+    assert session.turns == []
+    with pytest.raises(BardtermError, match="send a message first"):
+        session.drop_last_reply()
+    resumed = ChatSession(report=reported.append)
+    resumed.open_store(tmp_path / "c.sqlite3")
+    assert resumed.latest() == conversation_id
+    resumed.resume(conversation_id)
+    assert [(t.speaker, t.text) for t in resumed.turns] == [("user", "Hello"), ("model", "Again")]
+    assert (resumed.frame.user_name, resumed.frame.model_name) == ("HAMLET", "OPHELIA")
+    assert resumed.conversation.title == "Night" and resumed.conversation.checkpoint == "ck"
+    session.close()
+    resumed.close()
+    assert reported == []
+
+
+def test_chat_session_export_names_the_whole_path(tmp_path, monkeypatch):
+    from bardterm.tui.conversation import ChatSession
+
+    monkeypatch.chdir(tmp_path)
+    session = ChatSession()
+    with pytest.raises(BardtermError, match="nothing to export"):
+        session.export("md")
+    session.add_turn(Turn("user", "Hello"))
+    written = session.export("md")
+    assert written.is_absolute() and written.parent == tmp_path and written.read_text().startswith("# Hello")
+
+
+def test_chat_session_reports_a_store_that_fails_and_keeps_the_turn(tmp_path):
+    from bardterm.tui.conversation import ChatSession
+
+    reported = []
+    session = ChatSession(report=reported.append)
+    session.open_store(tmp_path / "c.sqlite3")
+    session.store.db.close()  # as if the disk went away
+    session.add_turn(Turn("user", "Hello"))
+    assert [t.text for t in session.turns] == ["Hello"] and "kept in memory" in reported[0]
+
+
+def test_reply_prompt_leaves_out_the_oldest_whole_turns():
+    from bardterm.tui.conversation import ChatSession
+
+    session = ChatSession(ChatFrame("A", "B", template="{name}: {text}\n"))
+    for i in range(10):
+        session.add_turn(Turn("user" if i % 2 == 0 else "model", f"w{i} " * 5))
+    count = FakeTokens()
+    whole = session.reply_prompt(count, context=1000, max_new_tokens=100)
+    assert whole.left_out == 0 and whole.notes == [] and whole.max_new_tokens == 100
+    assert whole.text == session.frame.prompt(session.turns)
+    # 6 words a turn, and "B:" to open the reply: a context of 40 with 20 new tokens keeps the last 3 turns
+    fitted = session.reply_prompt(count, context=40, max_new_tokens=20)
+    assert fitted.left_out == 7 and fitted.text == session.frame.prompt(session.turns[7:])
+    assert fitted.text.startswith("A: w7") is False and fitted.text.startswith("B: w7")
+    assert count(fitted.text) <= 20 and fitted.max_new_tokens == 20
+    assert fitted.notes == ["7 oldest turns left out of the context"]
+    # the reply may have at most what the context leaves; the conversation keeps at least half the context
+    short = session.reply_prompt(count, context=40, max_new_tokens=200)
+    assert short.text == fitted.text and short.max_new_tokens == 40 - count(short.text)
+    assert short.notes[-1] == f"replies up to {40 - count(short.text)} tokens"
+    # the newest turn stays even when it alone is too long: the engine keeps its end
+    lonely = session.reply_prompt(count, context=4, max_new_tokens=2)
+    assert lonely.left_out == 9 and lonely.max_new_tokens == 1

@@ -39,7 +39,7 @@ def app(tiny_checkpoint, tmp_path, monkeypatch):
 async def settle(pilot, condition=lambda app: True, timeout: float = 30.0):
     app = pilot.app
     deadline = time.monotonic() + timeout
-    while app.loaded is None or app.choice is None or app.generating or not condition(app):
+    while app.host.loaded is None or app.host.choice is None or app.host.generating or not condition(app):
         assert time.monotonic() < deadline, "timed out waiting"
         await pilot.pause(0.02)
     await pilot.pause()

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Open the app; raises BardtermError (shown as one line by the CLI) for a bad option."""
     from bardterm.plugins import load_plugin
     from bardterm.tui.app import BardtermApp, Options
-    from bardterm.tui.chat import ChatFrame
+    from bardterm.tui.conversation import ChatFrame
 
     for spec in getattr(args, "plugin", None) or []:
         load_plugin(spec)

@@ -1,4 +1,9 @@
-"""The bardterm app: chat and compose tabs, the decoder panel, and the services they share.
+"""The bardterm app: chat and compose tabs, the decoder panel, the status line, and the keys.
+
+The app owns two plain services and hands them to the panes: `ChatSession` (the conversation: framing, turns,
+store, resume, export) and `ModelHost` (the model, the decoder setup, the running generations). Panes talk
+back through messages: a slash command, a decoder change, and every stream's end, which one handler here
+records for chat, compose and compare alike.
 
 The window is interactive at once; the registry and the model load in a thread worker (torch is imported
 there). Every generation is a `bardterm.engine.Generation` run by `Stream` in a thread worker.
@@ -6,7 +11,6 @@ there). Every generation is a `bardterm.engine.Generation` run by `Stream` in a 
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +23,13 @@ from textual.widgets import Footer, Header, LoadingIndicator, Static, TabbedCont
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
-from bardterm.tui.chat import ChatFrame, ChatPane
+from bardterm.tui import commands
+from bardterm.tui.chat import ChatPane
 from bardterm.tui.compose import ComposePane
-from bardterm.tui.decoder_panel import DecoderPanel, parse_seed
-from bardterm.tui.store import Conversation, Store, Turn, to_json, to_markdown, write_atomic
-from bardterm.tui.streaming import Stream, leave_stuck_threads
-
-TOP_ALTERNATIVES = 5  # what the token inspector shows for each step
+from bardterm.tui.conversation import ChatFrame, ChatSession
+from bardterm.tui.decoder_panel import DecoderPanel
+from bardterm.tui.host import ModelHost
+from bardterm.tui.streaming import Stream, describe_stats, leave_stuck_threads
 
 
 @dataclass
@@ -62,31 +66,26 @@ class BardtermApp(App):
     def __init__(self, options: Options | None = None):
         super().__init__()
         self.options = options or Options()
-        kwargs = {"template": self.options.template} if self.options.template else {}
-        self.frame = ChatFrame(self.options.user_name, self.options.model_name, **kwargs)
-        self.max_new_tokens = self.options.max_new_tokens
-        self.registry = None
-        self.choice = None  # DecoderChoice, once the registry has loaded
-        self.loaded = None  # LoadedModel
-        self.loading: str | None = None  # the checkpoint being loaded
-        self.store: Store | None = None
-        self.conversation: Conversation | None = None
-        self.streams: list[Stream] = []
-        self.last_tokens: list = []
+        o = self.options
+        frame = ChatFrame(o.user_name, o.model_name, **({"template": o.template} if o.template else {}))
+        self.session = ChatSession(frame, report=lambda message: self.notify(message, severity="error", timeout=12))
+        self.host = ModelHost(o.max_new_tokens)
+        self.last_tokens: list = []  # the last generation's tokens, for the inspector (F3)
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="main"):
             with TabbedContent(id="tabs"):
                 with TabPane("Chat", id="chat-tab"):
-                    yield ChatPane(id="chat")
+                    yield ChatPane(self.session, self.host, self._complete, id="chat")
                 with TabPane("Compose", id="compose-tab"):
-                    yield ComposePane(id="compose")
-            yield DecoderPanel(id="decoders")
+                    yield ComposePane(self.host, id="compose")
+            yield DecoderPanel(self.host, id="decoders")
         with Horizontal(id="statusbar"):
             yield LoadingIndicator(id="loading")
             yield Static("", id="model-status")
             yield Static("", id="decoder-status")
+            yield Static("", id="context-status")
             yield Static("", id="stats")
         yield Footer()
 
@@ -103,17 +102,17 @@ class BardtermApp(App):
         return self.query_one("#decoders", DecoderPanel)
 
     def on_mount(self) -> None:
-        self.query_one("#decoders").display = False
+        self.panel.display = False
         try:
-            self.store = Store(self.options.store_path)
+            self.session.open_store(self.options.store_path)
         except BardtermError as error:
             self.notify(f"{error} (this conversation will not be saved)", severity="error", timeout=12)
         if self.options.resume:
-            latest = self.store.latest() if self.store else None
+            latest = self.session.latest()
             if latest is None:
                 self.notify("no saved conversation to continue: starting a new one")
             else:
-                self.resume(latest.id)
+                self.resume(latest)
         self.query_one("#prompt").focus()
         from bardterm.models import default_checkpoint
 
@@ -129,16 +128,16 @@ class BardtermApp(App):
 
     def load_model(self, checkpoint: str | Path | None) -> None:
         """Load the registry (first time) and `checkpoint` in a worker; the UI stays usable meanwhile."""
-        if self.generating:
+        if self.host.generating:
             raise BardtermError("a generation is running: press Esc to stop it, then /load again")
-        self.loading = str(checkpoint) if checkpoint else None
+        self.host.loading = str(checkpoint) if checkpoint else None
         self._show_model_status()
         self._load(checkpoint)
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, checkpoint) -> None:
         try:
-            if self.registry is None:
+            if self.host.registry is None:
                 from bardterm.registry import get_registry
 
                 self._from_thread(self._registry_ready, get_registry())
@@ -168,116 +167,93 @@ class BardtermApp(App):
         from bardterm.registry import DEFAULT_DECODER
         from bardterm.tui.settings import DecoderChoice
 
-        self.registry = registry
+        self.host.registry = registry
         for problem in [*load_failures, *registry.problems]:
             self.notify(problem, title="plugin problem", severity="warning", timeout=12)
         try:
-            self.choice = DecoderChoice.from_name(registry, self.options.decoder or DEFAULT_DECODER, self.options.seed)
+            choice = DecoderChoice.from_name(registry, self.options.decoder or DEFAULT_DECODER, self.options.seed)
         except BardtermError as error:
             self.notify(f"{error}; using {DEFAULT_DECODER}", severity="error", timeout=12)
-            self.choice = DecoderChoice.from_name(registry, DEFAULT_DECODER, self.options.seed)
+            choice = DecoderChoice.from_name(registry, DEFAULT_DECODER, self.options.seed)
+        self.host.choice = choice
         await self.panel.populate(registry)
         self.show_decoder()
 
     def _model_ready(self, loaded) -> None:
-        self.loaded, self.loading = loaded, None
+        self.host.loaded, self.host.loading = loaded, None
+        self.session.checkpoint = str(loaded.path)
         self.sub_title = loaded.path.name
         self._show_model_status()
 
     def _model_failed(self, message: str | None) -> None:
-        self.loading = None
+        self.host.loading = None
         self._show_model_status()
         if message:
             self.notify(message, title="model not loaded", severity="error", timeout=15)
 
     def _show_model_status(self) -> None:
-        self.query_one("#loading").display = self.loading is not None
-        if self.loading is not None:
-            text = f"loading {Path(self.loading).name}…"
-        elif self.loaded is not None:
-            text = f"{self.loaded.path.name} · {self.loaded.device} · {self.loaded.dtype}"
+        host = self.host
+        self.query_one("#loading").display = host.loading is not None
+        if host.loading is not None:
+            text = f"loading {Path(host.loading).name}…"
+        elif host.loaded is not None:
+            text = f"{host.loaded.path.name} · {host.loaded.device} · {host.loaded.dtype}"
         else:
             text = "no model: /load DIR"
         self.query_one("#model-status", Static).update(Text(sanitize(text)))
 
-    def ready(self) -> bool:
-        """Whether a generation can start now; if not, say why."""
-        if self.loaded is None or self.registry is None:
-            waiting = self.loading is not None or self.registry is None
-            self.notify("the model is still loading: your text is kept, send it again in a moment" if waiting
-                        else "no model is loaded: type /load CHECKPOINT_DIR", severity="warning")
-            return False
-        return True
+    # -- what the panes say ---------------------------------------------------------------------------------
 
-    # -- generation -----------------------------------------------------------------------------------------
+    def on_stream_updated(self, event: Stream.Updated) -> None:
+        shown = event.stream.shown
+        if shown is not None:
+            self.show_stats(describe_stats(shown.stats, running=True))
 
-    def generation(self, prompt: str, stop=(), choice=None):
-        """A `Generation` for `prompt` with the current (or given) decoder choice; raises BardtermError."""
-        from bardterm.engine import Generation
+    def on_stream_finished(self, event: Stream.Finished) -> None:
+        """Every generation that ends (chat, compose, compare): its stats, its tokens for F3, its notices."""
+        result, label = event.result, event.stream.label
+        self.last_tokens = result.tokens
+        stopped = " · stopped" if result.stop_reason == "cancelled" else ""
+        self.show_stats((f"{label}: " if label else "") + describe_stats(result.stats) + stopped)
+        if result.notices:
+            self.show_context(" · ".join(result.notices))
 
-        choice = choice or self.choice
-        return Generation(self.loaded.model, self.loaded.tokenizer, prompt, choice.setup(self.registry),
-                          max_new_tokens=self.max_new_tokens, stop=stop, seed=choice.seed,
-                          top_alternatives=TOP_ALTERNATIVES)
+    def on_stream_failed(self, event: Stream.Failed) -> None:
+        label = event.stream.label
+        self.notify((f"{label}: " if label else "") + event.error, title="generation stopped", severity="error",
+                    timeout=10)
 
-    def start_stream(self, stream: Stream) -> None:
-        self.streams = [s for s in self.streams if s.running] + [stream]
-        stream.start()
+    def on_chat_pane_command(self, event: ChatPane.Command) -> None:
+        commands.run(self, event.text)
 
-    @property
-    def generating(self) -> bool:
-        return any(s.running for s in self.streams)
+    def on_chat_pane_context_note(self, event: ChatPane.ContextNote) -> None:
+        self.show_context(event.text)
 
-    def action_stop(self) -> None:
-        """Esc: stop every generation now; the partial text stays."""
-        for stream in self.streams:
-            if stream.running:
-                stream.cancel()
-
-    def action_regenerate(self) -> None:
-        if self.query_one("#tabs", TabbedContent).active == "chat-tab":
-            self.chat.regenerate()
+    def on_decoder_panel_changed(self, event: DecoderPanel.Changed) -> None:
+        self.show_decoder()
 
     def show_stats(self, text: str) -> None:
         self.query_one("#stats", Static).update(text, layout=False)  # its size is fixed: no relayout per frame
 
+    def show_context(self, text: str) -> None:
+        """How the prompt was fitted to the model's context: quiet, in the status line, not a notification."""
+        self.query_one("#context-status", Static).update(Text(sanitize(text), style="dim"))
+
     def show_decoder(self) -> None:
-        if self.choice is not None:
-            label = self.choice.label or self.choice.selector
-            seed = f" · seed {self.choice.seed}" if self.choice.seed is not None else ""
+        choice = self.host.choice
+        if choice is not None:
+            label = choice.label or choice.selector
+            seed = f" · seed {choice.seed}" if choice.seed is not None else ""
             self.query_one("#decoder-status", Static).update(Text(sanitize(label + seed)))
 
-    def decoder_label(self) -> str:
-        return self.choice.describe(self.registry)
+    def note(self, text: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = "chat-tab"
+        self.chat.note(text)
+
+    def _complete(self, text: str) -> list[str]:
+        return commands.completions(text, self.host.registry, self.available_themes)
 
     # -- conversations --------------------------------------------------------------------------------------
-
-    def save_turn(self, turn: Turn) -> None:
-        """Keep a finished turn, and commit it to the store at once."""
-        if self.conversation is None:
-            checkpoint = str(self.loaded.path) if self.loaded else ""
-            conversation_id = 0
-            if self.store is not None:
-                conversation_id = self._stored(self.store.new_conversation, checkpoint, self.frame.user_name,
-                                               self.frame.model_name) or 0
-            self.conversation = Conversation(conversation_id, "", 0.0, 0.0, checkpoint, self.frame.user_name,
-                                             self.frame.model_name)
-        self.conversation.turns.append(turn)
-        if self.store is not None and self.conversation.id:
-            self._stored(self.store.add_turn, self.conversation.id, turn)
-
-    def drop_last_turn(self) -> None:
-        turn = self.conversation.turns.pop()
-        if self.store is not None and turn.id is not None:
-            self._stored(self.store.delete_turn, turn.id)
-
-    def _stored(self, action, *args):
-        try:
-            return action(*args)
-        except sqlite3.Error as error:
-            self.notify(f"could not save to {self.store.path} ({error}): the conversation is kept in memory; "
-                        "/export it to keep it", severity="error", timeout=12)
-            return None
 
     def resume(self, conversation_id: int | None) -> None:
         if conversation_id is None:
@@ -286,142 +262,43 @@ class BardtermApp(App):
             self.notify("a reply is being generated: press Esc first", severity="warning")
             return
         try:
-            conversation = self.store.load(conversation_id)
+            conversation = self.session.resume(conversation_id)
         except BardtermError as error:
             self.notify(str(error), severity="error")
             return
-        self.conversation = conversation
-        self.frame = ChatFrame(conversation.user_name, conversation.model_name, self.frame.template)
         self.chat.show(conversation.turns)
-        prompt = self.query_one("#prompt")
-        for turn in conversation.turns:
-            if turn.speaker == "user":
-                prompt.remember(turn.text)
 
     def new_conversation(self) -> None:
         if self.chat.generating:
             raise BardtermError("a reply is being generated: press Esc to stop it, then /clear")
-        self.conversation = None
+        self.session.new()
         self.last_tokens = []
         self.chat.show([])
+        self.show_context("")
         self.notify("new conversation")
 
-    def save_conversation(self, title: str) -> None:
-        if self.conversation is None or not self.conversation.turns:
-            raise BardtermError("nothing to save yet: every turn is saved as it finishes, so send a message first")
-        if self.store is None or not self.conversation.id:
-            raise BardtermError("the conversation store could not be opened: use /export md or /export json")
-        if title:
-            self.conversation.title = title
-            self._stored(self.store.set_title, self.conversation.id, title)
-        self.notify(f"saved conversation {self.conversation.id} ({self.conversation.label()}) in {self.store.path}")
-
-    def export(self, fmt: str, path: str | None) -> Path:
-        if self.conversation is None or not self.conversation.turns:
-            raise BardtermError("nothing to export yet: send a message first")
-        target = Path(path or f"bardterm-conversation-{self.conversation.id}.{fmt}").expanduser()
-        write_atomic(target, to_markdown(self.conversation) if fmt == "md" else to_json(self.conversation))
-        self.notify(f"exported to {target}")
-        return target
-
     def action_conversations(self) -> None:
-        if self.store is None:
+        if self.session.store is None:
             self.notify("the conversation store could not be opened", severity="error")
             return
         from bardterm.tui.picker import PickerScreen
 
-        self.push_screen(PickerScreen(self.store.conversations()), callback=self.resume)
+        self.push_screen(PickerScreen(self.session.store.conversations()), callback=self.resume)
 
-    # -- commands and panels --------------------------------------------------------------------------------
+    # -- keys -----------------------------------------------------------------------------------------------
 
-    def use_decoder(self, name: str) -> None:
-        from bardterm.tui.settings import DecoderChoice
+    def action_stop(self) -> None:
+        """Esc: stop every generation now; the partial text stays."""
+        self.host.stop_all()
 
-        if self.registry is None:
-            raise BardtermError("decoders are still loading: try again in a moment")
-        self.choice = DecoderChoice.from_name(self.registry, name, self.choice.seed)
-        self.panel.sync()
-        self.notify(f"decoder: {self.choice.describe(self.registry)}")
-
-    def set_setting(self, key: str, raw: str) -> None:
-        """`/set KEY VALUE`: a session setting or any decoder parameter, validated before it changes anything."""
-        if key == "seed":
-            self._need_registry()
-            self.choice.seed = parse_seed(raw)
-        elif key == "max_new_tokens":
-            if not raw.isdigit() or int(raw) < 1:
-                raise BardtermError(f"invalid max_new_tokens {raw!r}: use a whole number >= 1")
-            self.max_new_tokens = int(raw)
-        elif key in ("user", "bard", "template"):
-            names = {"user": self.frame.user_name, "bard": self.frame.model_name, "template": self.frame.template}
-            names[key] = raw.replace("\\n", "\n") if key == "template" else raw
-            self.frame = ChatFrame(names["user"], names["bard"], names["template"])
-            if self.conversation is not None and self.store is not None and self.conversation.id:
-                self._stored(self.store.set_names, self.conversation.id, self.frame.user_name, self.frame.model_name)
-                self.conversation.user_name, self.conversation.model_name = self.frame.user_name, self.frame.model_name
-        else:
-            self._need_registry()
-            self.choice.set(self.registry, key, raw)
-        if self.registry is not None:
-            self.panel.sync()
-        self.notify(f"{key} = {raw}")
-
-    def _need_registry(self) -> None:
-        if self.registry is None:
-            raise BardtermError("decoders are still loading: try again in a moment")
-
-    def describe(self) -> str:
-        model = (f"{self.loaded.path} on {self.loaded.device} ({self.loaded.dtype})" if self.loaded
-                 else f"loading {self.loading}" if self.loading else "none (/load DIR)")
-        decoder = self.choice.describe(self.registry) if self.choice else "loading"
-        store = str(self.store.path) if self.store else "not available"
-        conversation = f"{self.conversation.id}" if self.conversation else "new"
-        return (f"model: {model}\ndecoder: {decoder}\nmax_new_tokens: {self.max_new_tokens}\n"
-                f"speakers: user {self.frame.user_name!r}, bard {self.frame.model_name!r}; "
-                f"template {self.frame.template!r}\nconversation: {conversation} in {store}")
-
-    def note(self, text: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = "chat-tab"
-        self.chat.note(text)
-
-    def copy_last_reply(self) -> None:
-        turns = self.conversation.turns if self.conversation else []
-        reply = next((t.text for t in reversed(turns) if t.speaker == "model"), None)
-        if reply is None:
-            raise BardtermError("no reply to copy yet")
-        self.copy_to_clipboard(reply)
-        self.notify("copied the last reply")
-
-    def open_compare(self, names: list[str]) -> None:
-        from bardterm.tui.compare import CompareScreen
-        from bardterm.tui.settings import DecoderChoice
-
-        self._need_registry()
-        choices = [self._compare_setup(DecoderChoice, name) for name in names]
-        last = next((t.text for t in reversed(self.conversation.turns) if t.speaker == "user"), "") \
-            if self.conversation else ""
-        self.push_screen(CompareScreen(names, choices, last))
-
-    def _compare_setup(self, DecoderChoice, spec: str):
-        """`nucleus`, `current` (the setup in use), or either with settings: `top_p:top_p=0.5,temperature=0.8`."""
-        import copy
-
-        name, _, settings = spec.partition(":")
-        choice = copy.deepcopy(self.choice) if name == "current" else \
-            DecoderChoice.from_name(self.registry, name, self.choice.seed)
-        for setting in filter(None, settings.split(",")):
-            key, equals, value = setting.partition("=")
-            if not equals:
-                raise BardtermError(f"cannot read {setting!r} in {spec!r}: write settings as NAME=VALUE, "
-                                    "e.g. top_p:top_p=0.5")
-            choice.set(self.registry, key.strip(), value.strip())
-        choice.setup(self.registry)  # refuse a bad setup now, not in the middle of the run
-        return choice
+    def action_regenerate(self) -> None:
+        if self.query_one("#tabs", TabbedContent).active == "chat-tab":
+            self.chat.regenerate()
 
     def action_compare(self) -> None:
         """F4: the study notes' lesson made visible: greedy, beam search and nucleus sampling side by side."""
         try:
-            self.open_compare(["greedy", "beam", "nucleus"])
+            commands.open_compare(self, ["greedy", "beam", "nucleus"])
         except BardtermError as error:
             self.notify(str(error), severity="error")
 
@@ -443,9 +320,7 @@ class BardtermApp(App):
         self.query_one("#draft" if tabs.active == "compose-tab" else "#prompt").focus()
 
     def action_help(self) -> None:
-        from bardterm.tui.commands import help_text
-
-        self.note(help_text())
+        self.note(commands.help_text())
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
                markup: bool = False) -> None:
@@ -464,5 +339,4 @@ class BardtermApp(App):
 
     def on_unmount(self) -> None:
         self.action_stop()
-        if self.store is not None:
-            self.store.close()
+        self.session.close()

@@ -1,65 +1,27 @@
-"""Chat: turns framed as a play script, so that a completion model carries a conversation.
+"""The chat pane: the transcript and the message box.
 
-The prompt is every turn written with the template, then the model's name; the model's turn ends where it
-starts the user's next line (a stop string), the way a play script hands over between speakers.
+It sends through the two services the app hands it: the `ChatSession` (the turns, the framing, the store)
+and the `ModelHost` (the model and the decoder setup). A slash command goes up to the app as a `Command`
+message; a stream's `Finished` and `Failed` bubble on to the app, which records the stats.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Static
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
-from bardterm.tui import commands
+from bardterm.tui.conversation import ChatSession
+from bardterm.tui.host import ModelHost, NotReady
 from bardterm.tui.prompt import PromptArea
 from bardterm.tui.store import Turn
-from bardterm.tui.streaming import Stream, describe_stats, styled
-
-DEFAULT_TEMPLATE = "{name}:\n{text}\n\n"
-
-
-@dataclass
-class ChatFrame:
-    user_name: str = "ROMEO"
-    model_name: str = "JULIET"
-    template: str = DEFAULT_TEMPLATE
-
-    def __post_init__(self):
-        check_template(self.template)
-        for name in (self.user_name, self.model_name):
-            if not name.strip() or "\n" in name:
-                raise BardtermError(f"invalid speaker name {name!r}: use a non-empty name on one line")
-
-    def prompt(self, turns: list[Turn]) -> str:
-        written = "".join(self.template.format(name=self.name_of(t.speaker), text=t.text.strip()) for t in turns)
-        return written + self._opening(self.model_name)
-
-    def stop(self) -> list[str]:
-        """Where the model's turn is over: the template's end of a turn (a blank line in a play script,
-        which comes before any next speaker), or the start of the user's next line."""
-        ending = self.template.split("{text}")[1]
-        return [s for s in dict.fromkeys([ending.strip(" "), "\n" + self._opening(self.user_name).strip()]) if s]
-
-    def name_of(self, speaker: str) -> str:
-        return self.user_name if speaker == "user" else self.model_name
-
-    def _opening(self, name: str) -> str:
-        return self.template.split("{text}")[0].format(name=name)
-
-
-def check_template(template: str) -> None:
-    if "{text}" not in template or "{name}" not in template.split("{text}")[0]:
-        raise BardtermError(f"invalid template {template!r}: it needs {{name}} before {{text}}, "
-                            "e.g. '{name}:\\n{text}\\n\\n'")
-    try:
-        template.format(name="", text="")
-    except (KeyError, IndexError, ValueError) as error:
-        raise BardtermError(f"invalid template {template!r} ({error}): use only {{name}} and {{text}}") from None
+from bardterm.tui.streaming import Stream, styled
 
 
 class TurnView(Static):
@@ -84,19 +46,38 @@ class TurnView(Static):
 
 
 class ChatPane(Vertical):
-    def __init__(self, **kwargs):
+    class Command(Message):
+        """A slash command typed in the message box, for the app to carry out."""
+
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    class ContextNote(Message):
+        """How the last prompt was fitted to the model's context ("" when it fitted whole), for the status line."""
+
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    def __init__(self, session: ChatSession, host: ModelHost, completer: Callable[[str], list[str]], **kwargs):
         super().__init__(**kwargs)
+        self.session, self.host, self.completer = session, host, completer
         self.stream: Stream | None = None
         self.reply: TurnView | None = None
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
         yield Static("", id="hint")
-        yield PromptArea(completer=lambda text: commands.completions(text, self.app), id="prompt")
+        yield PromptArea(completer=self.completer, id="prompt")
 
     @property
     def transcript(self) -> VerticalScroll:
         return self.query_one("#transcript", VerticalScroll)
+
+    @property
+    def prompt(self) -> PromptArea:
+        return self.query_one("#prompt", PromptArea)
 
     @property
     def generating(self) -> bool:
@@ -105,9 +86,12 @@ class ChatPane(Vertical):
     def show(self, turns: list[Turn]) -> None:
         """Replace the transcript with these turns (a resumed or a new conversation)."""
         self.transcript.remove_children()
-        frame = self.app.frame
+        frame = self.session.frame
         self.transcript.mount_all([TurnView(frame.name_of(t.speaker), t.speaker, t.text, t.partial) for t in turns])
         self.transcript.scroll_end(animate=False)
+        for turn in turns:
+            if turn.speaker == "user":
+                self.prompt.remember(turn.text)
 
     def note(self, text: str) -> None:
         """Something bardterm says (command output): shown in the transcript, never saved or sent."""
@@ -120,7 +104,7 @@ class ChatPane(Vertical):
         if text.startswith("/"):
             prompt.remember(text)
             prompt.clear()
-            commands.run(self.app, text.strip())
+            self.post_message(self.Command(text.strip()))
         elif self.send(text):
             prompt.remember(text)
             prompt.clear()
@@ -133,45 +117,48 @@ class ChatPane(Vertical):
     def send(self, text: str) -> bool:
         """Add the user's turn and start the model's; False (text kept in the box) when it cannot start."""
         if self.generating:
-            self.app.notify("the model is still replying: wait, or press Esc to stop it", severity="warning")
+            self.notify("the model is still replying: wait, or press Esc to stop it", severity="warning")
             return False
-        if not self.app.ready():
+        try:
+            self.host.check_ready()
+        except NotReady as error:
+            self.notify(str(error), severity="warning")
             return False
         turn = Turn("user", text.strip())
-        self.app.save_turn(turn)
-        self.transcript.mount(TurnView(self.app.frame.user_name, "user", turn.text))
+        self.session.add_turn(turn)
+        self.transcript.mount(TurnView(self.session.frame.user_name, "user", turn.text))
         self.start_reply()
         return True
 
     def regenerate(self) -> None:
-        conversation = self.app.conversation
-        if self.generating or not self.app.ready():
+        """Ask for the model's last turn again (or for the one a crash lost)."""
+        if self.generating:
             return
-        if conversation is None or not conversation.turns or conversation.turns[-1].speaker != "model":
-            self.app.notify("nothing to regenerate yet: send a message first", severity="warning")
+        try:
+            self.host.check_ready()
+            replaced = self.session.turns[-1].speaker == "model" if self.session.turns else False
+            self.session.drop_last_reply()
+        except BardtermError as error:
+            self.notify(str(error), severity="warning")
             return
-        self.app.drop_last_turn()
         views = self.transcript.query(TurnView)
-        if views:
+        if replaced and views:
             views.last().remove()
         self.start_reply()
 
     def start_reply(self) -> None:
-        frame = self.app.frame
+        session, host = self.session, self.host
         try:
-            generation = self.app.generation(frame.prompt(self.app.conversation.turns), stop=frame.stop())
+            prompt = session.reply_prompt(host.count_tokens, host.context(), host.max_new_tokens)
+            self.stream = host.start(self, prompt.text, stop=prompt.stop, max_new_tokens=prompt.max_new_tokens,
+                                     tag="chat")
         except BardtermError as error:
-            self.app.notify(str(error), severity="error", timeout=8)
+            self.notify(str(error), severity="error", timeout=8)
             return
-        self.reply = TurnView(frame.model_name, "model")
+        self.post_message(self.ContextNote(" · ".join(prompt.notes)))
+        self.reply = TurnView(session.frame.model_name, "model")
         self.transcript.mount(self.reply)
         self.transcript.scroll_end(animate=False)
-        self.stream = Stream(self, generation, tag="chat")
-        self.app.start_stream(self.stream)
-
-    def cancel(self) -> None:
-        if self.stream is not None:
-            self.stream.cancel()
 
     def keep_partial(self) -> None:
         """The app is quitting mid-reply: save what has arrived, as a stopped turn."""
@@ -181,33 +168,26 @@ class ChatPane(Vertical):
             self._end(latest.text if latest else "", True, latest.stats.as_dict() if latest else {})
 
     def on_stream_updated(self, event: Stream.Updated) -> None:
-        event.stop()
         update = event.stream.take()
         if update is None or event.stream is not self.stream:
+            event.stop()
             return
         self.reply.show(styled(update.text, update.committed))
         self.transcript.scroll_end(animate=False)
-        self.app.show_stats(describe_stats(update.stats, running=True))
 
     def on_stream_finished(self, event: Stream.Finished) -> None:
-        event.stop()
         if event.stream is not self.stream:  # already ended (kept as partial when the app quit)
+            event.stop()
             return
         result = event.result
-        cancelled = result.stop_reason == "cancelled"
-        self._end(result.text, cancelled, result.stats.as_dict())
-        self.app.last_tokens = result.tokens
-        self.app.show_stats(describe_stats(result.stats) + (" · stopped" if cancelled else ""))
-        for notice in result.notices:
-            self.app.notify(notice, severity="warning")
+        self._end(result.text, result.stop_reason == "cancelled", result.stats.as_dict())
 
     def on_stream_failed(self, event: Stream.Failed) -> None:
-        event.stop()
         if event.stream is not self.stream:
+            event.stop()
             return
         latest = event.stream.latest
         self._end(latest.text if latest else "", True, latest.stats.as_dict() if latest else {})
-        self.app.notify(event.error, title="generation stopped", severity="error", timeout=10)
 
     def _end(self, text: str, partial: bool, stats: dict) -> None:
         """Save the model's turn (a partial one when stopped) the moment it ends."""
@@ -216,7 +196,6 @@ class ChatPane(Vertical):
         if partial and not text:
             self.reply.remove()
         else:
-            turn = Turn("model", text, partial, self.app.decoder_label(), stats)
-            self.app.save_turn(turn)
+            self.session.add_turn(Turn("model", text, partial, self.host.decoder_label(), stats))
             self.reply.show(Text(sanitize(text)), partial=partial)
         self.reply = None

@@ -1,57 +1,212 @@
-"""Slash commands, in the manner of Ollama and `transformers chat`: their help, completion and dispatch."""
+"""Slash commands, in the manner of Ollama and `transformers chat`: one table (name, usage, help, handler),
+from which the help, completion and dispatch are all read.
+
+A handler takes the app and the words after the command name. It works through the app's services
+(`app.session`, the conversation; `app.host`, the model and decoder setup) and its panes, and raises
+BardtermError for anything the user should fix; `run` shows that as one line.
+"""
 
 from __future__ import annotations
 
+import copy
 import shlex
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Callable
 
 from bardterm.errors import BardtermError
-
-if TYPE_CHECKING:
-    from bardterm.tui.app import BardtermApp
+from bardterm.tui.conversation import ChatFrame
+from bardterm.tui.settings import DecoderChoice, parse_seed
 
 SESSION_SETTINGS = {
-    "seed": "an integer, or 'random'",
+    "seed": "an integer >= 0, or 'random'",
     "max_new_tokens": "how many tokens a reply may have (an integer >= 1)",
     "user": "your speaker name in the chat script",
     "bard": "the model's speaker name in the chat script",
     "template": "how a turn is written; {name} and {text}, \\n for a newline",
 }
 
-COMMANDS = {
-    "/decoder": ("[NAME]", "use a decoder or preset; with no name, open the decoder panel (F2)"),
-    "/set": ("NAME VALUE", "set a decoder parameter (top_p 0.8) or a session setting (seed, user, bard, ...)"),
-    "/show": ("", "show the model, the decoder setup and the session settings"),
-    "/load": ("CHECKPOINT", "load another model directory"),
-    "/save": ("[TITLE]", "name the conversation (every turn is already saved as it finishes)"),
-    "/export": ("md|json [PATH]", "write the conversation as Markdown or JSON"),
-    "/clear": ("", "start a new conversation (the old one stays in the picker, Ctrl+O)"),
-    "/compare": ("SETUP SETUP [SETUP [SETUP]]", "the same prompt through 2 to 4 setups side by side; a setup is "
-                 "a decoder, a preset or 'current', with settings as in top_p:top_p=0.5,temperature=0.8"),
-    "/open": ("", "pick a saved conversation to continue (Ctrl+O)"),
-    "/copy": ("", "copy the last reply to the clipboard"),
-    "/theme": ("NAME", "switch the colour theme"),
-    "/help": ("", "list these commands"),
-}
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str
+    help: str
+    handler: Callable[..., None]  # (app, args: list[str]) -> None
+    raw: bool = False  # takes the rest of the line as it was typed (no shell-style quoting)
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, usage: str, help: str, raw: bool = False):
+    """Add the decorated handler to the table."""
+    def register(handler):
+        COMMANDS[name] = Command(name, usage, help, handler, raw)
+        return handler
+    return register
+
+
+def _usage(name: str) -> BardtermError:
+    return BardtermError(f"usage: {name} {COMMANDS[name].usage}")
+
+
+@command("/decoder", "[NAME]", "use a decoder or preset; with no name, open the decoder panel (F2)")
+def _decoder(app, args):
+    if not args:
+        app.action_toggle_decoders(show=True)
+    elif len(args) == 1:
+        app.panel.use(args[0])
+    else:
+        raise _usage("/decoder")
+
+
+@command("/set", "NAME VALUE", "set a decoder parameter (top_p 0.8) or a session setting (seed, user, bard, ...)",
+         raw=True)
+def _set(app, args):
+    key, _, raw = (args[0] if args else "").strip().partition(" ")
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        raw = raw[1:-1]  # a quoted value, as before: its quotes go
+    if not key or not raw:
+        raise _usage("/set")
+    set_setting(app, key, raw)
+
+
+def set_setting(app, key: str, raw: str) -> None:
+    """`/set KEY VALUE`: a session setting or any decoder parameter, validated before it changes anything."""
+    host, session = app.host, app.session
+    if key == "seed":
+        host.need_registry()
+        host.choice.seed = parse_seed(raw)
+    elif key == "max_new_tokens":
+        if not raw.isdigit() or int(raw) < 1:
+            raise BardtermError(f"invalid max_new_tokens {raw!r}: use a whole number >= 1")
+        host.max_new_tokens = int(raw)
+    elif key in ("user", "bard", "template"):
+        frame = session.frame
+        names = {"user": frame.user_name, "bard": frame.model_name, "template": frame.template}
+        names[key] = raw.replace("\\n", "\n") if key == "template" else raw
+        session.set_frame(ChatFrame(names["user"], names["bard"], names["template"]))
+    else:
+        host.choice.set(host.need_registry(), key, raw)
+    if host.registry is not None:
+        app.panel.sync()
+    app.notify(f"{key} = {raw}")
+
+
+@command("/show", "", "show the model, the decoder setup and the session settings")
+def _show(app, args):
+    app.note(describe(app))
+
+
+def describe(app) -> str:
+    host = app.host
+    model = (f"{host.loaded.path} on {host.loaded.device} ({host.loaded.dtype})" if host.loaded
+             else f"loading {host.loading}" if host.loading else "none (/load DIR)")
+    decoder = host.choice.describe(host.registry) if host.choice else "loading"
+    return (f"model: {model}\ndecoder: {decoder}\nmax_new_tokens: {host.max_new_tokens}\n"
+            + app.session.describe())
+
+
+@command("/load", "CHECKPOINT", "load another model directory")
+def _load(app, args):
+    if len(args) != 1:
+        raise _usage("/load")
+    app.load_model(args[0])
+
+
+@command("/save", "[TITLE]", "name the conversation (every turn is already saved as it finishes)")
+def _save(app, args):
+    app.notify(app.session.save(" ".join(args)))
+
+
+@command("/export", "md|json [PATH]", "write the conversation as Markdown or JSON (default: in the current folder)")
+def _export(app, args):
+    if not args or args[0] not in ("md", "json") or len(args) > 2:
+        raise _usage("/export")
+    app.notify(f"exported to {app.session.export(args[0], args[1] if len(args) == 2 else None)}")
+
+
+@command("/clear", "", "start a new conversation (the old one stays in the picker, Ctrl+O)")
+def _clear(app, args):
+    app.new_conversation()
+
+
+@command("/compare", "SETUP SETUP [SETUP [SETUP]]", "the same prompt through 2 to 4 setups side by side; a setup "
+         "is a decoder, a preset or 'current', with settings as in top_p:top_p=0.5,temperature=0.8")
+def _compare(app, args):
+    if not 2 <= len(args) <= 4:
+        raise BardtermError("usage: /compare SETUP SETUP [SETUP [SETUP]] (2 to 4 decoder or preset names, "
+                            "e.g. /compare greedy beam nucleus)")
+    open_compare(app, args)
+
+
+def open_compare(app, names: list[str]) -> None:
+    from bardterm.tui.compare import CompareScreen
+
+    host = app.host
+    host.need_registry()
+    choices = [compare_setup(host, name) for name in names]
+    app.push_screen(CompareScreen(host, names, choices, app.session.last_text("user") or ""))
+
+
+def compare_setup(host, spec: str) -> DecoderChoice:
+    """`nucleus`, `current` (the setup in use), or either with settings: `top_p:top_p=0.5,temperature=0.8`."""
+    name, _, settings = spec.partition(":")
+    choice = copy.deepcopy(host.choice) if name == "current" else \
+        DecoderChoice.from_name(host.registry, name, host.choice.seed)
+    for setting in filter(None, settings.split(",")):
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise BardtermError(f"cannot read {setting!r} in {spec!r}: write settings as NAME=VALUE, "
+                                "e.g. top_p:top_p=0.5")
+        choice.set(host.registry, key.strip(), value.strip())
+    choice.setup(host.registry)  # refuse a bad setup now, not in the middle of the run
+    return choice
+
+
+@command("/open", "", "pick a saved conversation to continue (Ctrl+O)")
+def _open(app, args):
+    app.action_conversations()
+
+
+@command("/copy", "", "copy the last reply to the clipboard")
+def _copy(app, args):
+    reply = app.session.last_text("model")
+    if reply is None:
+        raise BardtermError("no reply to copy yet")
+    app.copy_to_clipboard(reply)
+    app.notify("copied the last reply")
+
+
+@command("/theme", "NAME", "switch the colour theme")
+def _theme(app, args):
+    if len(args) != 1 or args[0] not in app.available_themes:
+        raise BardtermError(f"usage: /theme NAME (one of {', '.join(sorted(app.available_themes))})")
+    app.theme = args[0]
+
+
+@command("/help", "", "list these commands")
+def _help(app, args):
+    app.note(help_text())
 
 
 def help_text() -> str:
-    lines = [f"{name} {usage}".ljust(36) + " " + summary for name, (usage, summary) in COMMANDS.items()]
+    lines = [f"{c.name} {c.usage}".ljust(36) + " " + c.help for c in COMMANDS.values()]
     lines.append("settings for /set: " + ", ".join(SESSION_SETTINGS) + ", and every decoder parameter (F2)")
     lines.append("keys: Enter send · Shift+Enter/Ctrl+J newline · Esc stop · Ctrl+R regenerate · F2 decoders · "
                  "F3 token inspector · F4 compare · Ctrl+T chat/compose · Ctrl+O conversations · Ctrl+Q quit")
     return "\n".join(lines)
 
 
-def completions(text: str, app: "BardtermApp") -> list[str]:
-    """Whole-line candidates for what is typed so far."""
+def completions(text: str, registry, themes) -> list[str]:
+    """Whole-line candidates for what is typed so far (`registry` None while it loads)."""
     if " " not in text:
         return [name + " " for name in COMMANDS if name.startswith(text)]
     command, _, rest = text.partition(" ")
     if command != "/compare" and (" " in rest.strip() or rest.endswith(" ") and rest.strip()):
         return []
     words: list[str] = []
-    registry = app.registry
     if command in ("/decoder", "/compare") and registry is not None:
         words = sorted([*registry.presets, *registry.decoders])
     elif command == "/set":
@@ -59,100 +214,30 @@ def completions(text: str, app: "BardtermApp") -> list[str]:
     elif command == "/export":
         words = ["md", "json"]
     elif command == "/theme":
-        words = sorted(app.available_themes)
+        words = sorted(themes)
     if command == "/compare":  # several names: complete the last one
         head, _, last = text.rpartition(" ")
         return [f"{head} {w}" for w in words if w.startswith(last)]
     return [f"{command} {w}" for w in words if w.startswith(rest)]
 
 
-def run(app: "BardtermApp", text: str) -> None:
+def run(app, text: str) -> None:
     """Carry out one command line; a BardtermError becomes a notification."""
     try:
-        try:
-            words = shlex.split(text)
-        except ValueError as error:
-            raise BardtermError(f"cannot read that command ({error}): check its quotes")
-        name, args = words[0], words[1:]
-        handler = _HANDLERS.get(name)
-        if handler is None:
+        name, _, rest = text.strip().partition(" ")
+        found = COMMANDS.get(name)
+        if found is None:
             raise BardtermError(f"unknown command {name}: /help lists the commands")
-        handler(app, args)
+        if found.raw:
+            args = [rest]
+        else:
+            try:
+                args = shlex.split(rest)
+            except ValueError as error:
+                raise BardtermError(f"cannot read that command ({error}): check its quotes") from None
+        found.handler(app, args)
     except BardtermError as error:
         app.notify(str(error), severity="error", timeout=8)
     except Exception as error:  # a bug must cost the command, not the conversation
         app.notify(f"{text.split()[0]} failed: {type(error).__name__}: {error} (a bardterm bug: please report it)",
                    severity="error", timeout=12)
-
-
-def _usage(name: str) -> BardtermError:
-    return BardtermError(f"usage: {name} {COMMANDS[name][0]}")
-
-
-def _decoder(app, args):
-    if not args:
-        app.action_toggle_decoders(show=True)
-    elif len(args) == 1:
-        app.use_decoder(args[0])
-    else:
-        raise _usage("/decoder")
-
-
-def _set(app, args):
-    if len(args) != 2:
-        raise _usage("/set")
-    app.set_setting(args[0], args[1])
-
-
-def _show(app, args):
-    app.note(app.describe())
-
-
-def _load(app, args):
-    if len(args) != 1:
-        raise _usage("/load")
-    app.load_model(args[0])
-
-
-def _save(app, args):
-    app.save_conversation(" ".join(args))
-
-
-def _export(app, args):
-    if not args or args[0] not in ("md", "json") or len(args) > 2:
-        raise _usage("/export")
-    app.export(args[0], args[1] if len(args) == 2 else None)
-
-
-def _clear(app, args):
-    app.new_conversation()
-
-
-def _compare(app, args):
-    if not 2 <= len(args) <= 4:
-        raise BardtermError("usage: /compare SETUP SETUP [SETUP [SETUP]] (2 to 4 decoder or preset names, "
-                            "e.g. /compare greedy beam nucleus)")
-    app.open_compare(args)
-
-
-def _open(app, args):
-    app.action_conversations()
-
-
-def _copy(app, args):
-    app.copy_last_reply()
-
-
-def _theme(app, args):
-    if len(args) != 1 or args[0] not in app.available_themes:
-        raise BardtermError(f"usage: /theme NAME (one of {', '.join(sorted(app.available_themes))})")
-    app.theme = args[0]
-
-
-def _help(app, args):
-    app.note(help_text())
-
-
-_HANDLERS = {"/decoder": _decoder, "/set": _set, "/show": _show, "/load": _load, "/save": _save,
-             "/export": _export, "/clear": _clear, "/compare": _compare, "/open": _open, "/copy": _copy,
-             "/theme": _theme, "/help": _help}

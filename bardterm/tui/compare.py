@@ -11,6 +11,7 @@ from textual.widgets import Footer, Input, Static
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
+from bardterm.tui.host import ModelHost, NotReady
 from bardterm.tui.settings import DecoderChoice
 from bardterm.tui.streaming import Stream, describe_stats, styled
 
@@ -37,15 +38,16 @@ class CompareScreen(Screen):
     AUTO_FOCUS = "#compare-prompt"
     BINDINGS = [Binding("escape", "stop_or_close", "Stop / close"), Binding("f4", "close", "Close")]
 
-    def __init__(self, names: list[str], choices: list[DecoderChoice], prompt: str = ""):
+    def __init__(self, host: ModelHost, names: list[str], choices: list[DecoderChoice], prompt: str = ""):
         super().__init__()
+        self.host = host
         self.names, self.choices, self.initial_prompt = names, choices, prompt
 
     def compose(self) -> ComposeResult:
         yield Input(self.initial_prompt, placeholder="Prompt for every setup; Enter runs them all", id="compare-prompt")
         with Horizontal(id="columns"):
             for index, (name, choice) in enumerate(zip(self.names, self.choices)):
-                yield Column(index, name, choice, choice.describe(self.app.registry))
+                yield Column(index, name, choice, choice.describe(self.host.registry))
         yield Footer()
 
     @property
@@ -61,30 +63,33 @@ class CompareScreen(Screen):
         self.run_all(event.value)
 
     def run_all(self, prompt: str) -> None:
-        if self.generating or not self.app.ready():
+        if self.generating:
+            return
+        try:
+            self.host.check_ready()
+        except NotReady as error:
+            self.notify(str(error), severity="warning")
             return
         for column in self.columns:
             try:
-                generation = self.app.generation(prompt, choice=column.choice)
+                column.stream = self.host.start(self, prompt, choice=column.choice, tag="compare",
+                                                label=column.setup_name)
             except BardtermError as error:
                 column.show("", "")
-                self.app.notify(f"{column.setup_name}: {error}", severity="error", timeout=8)
+                self.notify(f"{column.setup_name}: {error}", severity="error", timeout=8)
                 continue
             column.show("", "waiting…")
-            column.stream = Stream(self, generation, tag=str(column.index))
-            self.app.start_stream(column.stream)
 
     def _column(self, stream: Stream) -> Column | None:
         return next((c for c in self.columns if c.stream is stream), None)
 
     def on_stream_updated(self, event: Stream.Updated) -> None:
-        event.stop()
+        event.stop()  # each column shows its own figures: the app's status line is not on this screen
         column, update = self._column(event.stream), event.stream.take()
         if column is not None and update is not None:
             column.show(styled(update.text, update.committed), describe_stats(update.stats, running=True))
 
     def on_stream_finished(self, event: Stream.Finished) -> None:
-        event.stop()
         column, result = self._column(event.stream), event.result
         if column is not None:
             stopped = " · stopped" if result.stop_reason == "cancelled" else ""
@@ -92,12 +97,10 @@ class CompareScreen(Screen):
             column.stream = None
 
     def on_stream_failed(self, event: Stream.Failed) -> None:
-        event.stop()
         column = self._column(event.stream)
         if column is not None:
             column.stream = None
             column.show(styled(event.stream.latest.text, 0) if event.stream.latest else "", "failed")
-            self.app.notify(f"{column.setup_name}: {event.error}", severity="error", timeout=10)
 
     def cancel(self) -> None:
         for column in self.columns:

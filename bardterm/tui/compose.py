@@ -13,7 +13,8 @@ from textual.widgets import Static, TextArea
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
-from bardterm.tui.streaming import Stream, describe_stats
+from bardterm.tui.host import ModelHost, NotReady
+from bardterm.tui.streaming import Stream
 
 Location = tuple[int, int]
 
@@ -26,8 +27,9 @@ class ComposePane(Vertical):
         Binding("ctrl+b", "undo_continuation", "Undo"),
     ]
 
-    def __init__(self, **kwargs):
+    def __init__(self, host: ModelHost, **kwargs):
         super().__init__(**kwargs)
+        self.host = host
         self.stream: Stream | None = None
         self.pending: tuple[Location, Location] | None = None  # the continuation not yet accepted
         self._ours = ""  # the draft as our last edit left it, to tell the user's own edits from ours
@@ -46,7 +48,7 @@ class ComposePane(Vertical):
         return self.stream is not None
 
     def action_continue_draft(self) -> None:
-        if self.generating or not self.app.ready():
+        if self.generating:
             return
         self.pending = None
         self._start(self.editor.cursor_location)
@@ -54,11 +56,9 @@ class ComposePane(Vertical):
     def action_regenerate(self) -> None:
         if self.generating or self.pending is None:
             if not self.generating:
-                self.app.notify("nothing to regenerate: continue the draft first (Ctrl+G)", severity="warning")
+                self.notify("nothing to regenerate: continue the draft first (Ctrl+G)", severity="warning")
             return
-        start = self._remove_pending()
-        if self.app.ready():
-            self._start(start)
+        self._start(self._remove_pending())
 
     def action_accept(self) -> None:
         if self.pending is not None and not self.generating:
@@ -78,16 +78,17 @@ class ComposePane(Vertical):
         editor = self.editor
         prompt = editor.get_text_range((0, 0), at)
         try:
-            generation = self.app.generation(prompt)
+            self.stream = self.host.start(self, prompt, tag="compose")
+        except NotReady as error:
+            self.notify(str(error), severity="warning")
+            return
         except BardtermError as error:
-            self.app.notify(str(error), severity="error", timeout=8)
+            self.notify(str(error), severity="error", timeout=8)
             return
         editor.move_cursor(at)
         editor.read_only = True
         editor.cursor_blink = False  # each blink repaints the editor: not while the model needs the CPU
         self.pending = (at, at)
-        self.stream = Stream(self, generation, tag="compose")
-        self.app.start_stream(self.stream)
         self._set_help("generating… Esc stops")
 
     def _remove_pending(self) -> Location:
@@ -115,24 +116,18 @@ class ComposePane(Vertical):
                 self.pending = None  # the user edited it: the continuation is theirs now
 
     def on_stream_updated(self, event: Stream.Updated) -> None:
-        event.stop()
         update = event.stream.take()
         if update is not None and event.stream is self.stream:
             self._show(update.text)
-            self.app.show_stats(describe_stats(update.stats, running=True))
+        else:
+            event.stop()
 
     def on_stream_finished(self, event: Stream.Finished) -> None:
-        event.stop()
         self._show(event.result.text)
         self._end()
-        self.app.last_tokens = event.result.tokens
-        stopped = " · stopped" if event.result.stop_reason == "cancelled" else ""
-        self.app.show_stats(describe_stats(event.result.stats) + stopped)
 
     def on_stream_failed(self, event: Stream.Failed) -> None:
-        event.stop()
         self._end()
-        self.app.notify(event.error, title="generation stopped", severity="error", timeout=10)
 
     def _end(self) -> None:
         self.stream = None

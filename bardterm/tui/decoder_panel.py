@@ -1,19 +1,21 @@
 """The decoder panel: every registered strategy, each one's parameters rendered from its declared `Param`s.
 
-Every edit is validated inline with `Param.validate`; a valid one changes the app's `DecoderChoice` at once,
-an invalid one says why under the field and changes nothing.
+Every edit is validated inline with `Param.validate`; a valid one changes the host's `DecoderChoice` at once
+(and posts `Changed`, for the status line), an invalid one says why under the field and changes nothing.
 """
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from bardterm.errors import BardtermError
 from bardterm.params import Param
 from bardterm.registry import Registry
-from bardterm.tui.settings import DecoderChoice
+from bardterm.tui.host import ModelHost
+from bardterm.tui.settings import DecoderChoice, parse_seed
 
 
 class ParamField(Vertical):
@@ -45,8 +47,12 @@ class ParamField(Vertical):
 
 
 class DecoderPanel(VerticalScroll):
-    def __init__(self, **kwargs):
+    class Changed(Message):
+        """The decoder setup changed (here, by a preset, or by /set)."""
+
+    def __init__(self, host: ModelHost, **kwargs):
         super().__init__(**kwargs)
+        self.host = host
         self.registry: Registry | None = None
 
     def compose(self) -> ComposeResult:
@@ -54,7 +60,7 @@ class DecoderPanel(VerticalScroll):
 
     @property
     def choice(self) -> DecoderChoice:
-        return self.app.choice
+        return self.host.choice
 
     async def populate(self, registry: Registry) -> None:
         """Build the fields for every registered decoder (once the registry has loaded)."""
@@ -118,14 +124,23 @@ class DecoderPanel(VerticalScroll):
 
     def _summarise(self) -> None:
         self.query_one("#summary", Static).update(self.choice.describe(self.registry))
-        self.app.show_decoder()
+        self.post_message(self.Changed())
+
+    def use(self, name: str) -> None:
+        """Start again from a preset or decoder, keeping the seed; raises BardtermError for an unknown name."""
+        self.host.choice = DecoderChoice.from_name(self.host.need_registry(), name, self.choice.seed)
+        self.sync()
+        self.notify(f"decoder: {self.choice.describe(self.registry)}")
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
         if self.registry is None or event.value == Select.BLANK:
             return
         if event.select.id == "preset":
-            self.app.use_decoder(event.value)
+            try:
+                self.use(event.value)
+            except BardtermError as error:
+                self.notify(str(error), severity="error")
         elif event.select.id == "selector":
             if event.value != self.choice.selector:
                 self.choice.selector = event.value
@@ -163,7 +178,7 @@ class DecoderPanel(VerticalScroll):
         event.stop()
         direction, _, name = (event.button.id or "").partition("-")
         if name not in self.choice.chain:
-            self.app.notify(f"{name} is not in the chain: tick it first", severity="warning")
+            self.notify(f"{name} is not in the chain: tick it first", severity="warning")
             return
         self.choice.move(name, -1 if direction == "up" else +1)
         self.sync()
@@ -190,16 +205,3 @@ class DecoderPanel(VerticalScroll):
         if seed != self.choice.seed:
             self.choice.seed = seed
             self._summarise()
-
-
-def parse_seed(raw: str) -> int | None:
-    raw = str(raw).strip()
-    if raw in ("", "random", "none"):
-        return None
-    try:
-        seed = int(raw)
-    except ValueError:
-        raise BardtermError(f"invalid seed {raw!r}: use a whole number >= 0, or 'random'") from None
-    if not 0 <= seed < 2**63:
-        raise BardtermError(f"invalid seed {raw!r}: use a whole number >= 0, or 'random'")
-    return seed

@@ -7,6 +7,9 @@ that the model's own threads would use. The pace adapts: frames come at most 30 
 apart when the UI thread's CPU time since the last frame says they cost more than `UI_SHARE` of the time.
 The last token of a burst still shows within one frame; `Finished` or `Failed` always comes last.
 
+The target widget shows `Updated` itself and stops it there; `Finished` and `Failed` bubble on to the app,
+whose one handler records the stats and says what there is to say, for chat, compose and compare alike.
+
 A processor that never returns holds its thread for good: Python cannot stop a thread. So the UI checks on
 each running stream, and once a processor has held one step past the engine's limit it posts `Failed` and
 gives the stream up. The app stays usable, and on quit `leave_stuck_threads` exits without waiting for it.
@@ -56,10 +59,11 @@ class Stream:
 
     given_up: list["Stream"] = []  # streams given up on because a processor never returned, this process
 
-    def __init__(self, target, generation: Generation, tag: str = ""):
+    def __init__(self, target, generation: Generation, tag: str = "", label: str = ""):
         self.target = target
         self.generation = generation
-        self.tag = tag  # what the target needs to know which of its streams this is
+        self.tag = tag  # which pane's stream this is: "chat", "compose" or "compare"
+        self.label = label  # what to call it in a message ("greedy" for a compare column), if anything
         self.latest: Update | None = None
         self.running = False
         self.thread_done = False
@@ -89,6 +93,11 @@ class Stream:
             Stream.given_up.append(self)
             self.target.post_message(Stream.Failed(self, f"{stuck}: stopped this generation without it (its "
                                                          "thread stays busy); use another decoder"))
+
+    @property
+    def shown(self) -> Update | None:
+        """The update the target took last (what the screen shows now)."""
+        return self._shown
 
     def take(self) -> Update | None:
         """The newest update (called by the widget on `Updated`), and the next frame scheduled."""
