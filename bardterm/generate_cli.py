@@ -17,7 +17,10 @@ DEFAULT_MAX_NEW_TOKENS = 200
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for choosing and loading a checkpoint, shared by generate and the TUI."""
-    parser.add_argument("--checkpoint", metavar="DIR", help="model directory (default: the shipped checkpoint)")
+    parser.add_argument("--checkpoint", metavar="DIR_OR_HUB_ID",
+                        help="model directory, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct[@REVISION] "
+                             "(downloaded once into the Hugging Face cache); a local directory of that name wins "
+                             "(default: the shipped checkpoint)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: cuda, then mps, then cpu)")
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)")
     parser.add_argument("--allow-pickle", action="store_true",
@@ -115,9 +118,12 @@ def run_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
 
     from bardterm.engine import Generation
-    from bardterm.models import load_checkpoint, resolve_checkpoint
+    from bardterm.hub_cli import resolve_with_progress
+    from bardterm.models import load_checkpoint
 
-    loaded = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device, dtype=args.dtype,
+    checkpoint = resolve_with_progress(args.checkpoint, allow_pickle=args.allow_pickle,
+                                       trust_remote_code=args.trust_remote_code)
+    loaded = load_checkpoint(checkpoint, device=args.device, dtype=args.dtype,
                              allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     generation = Generation(loaded.model, loaded.tokenizer, prompt, setup, max_new_tokens=args.max_new_tokens,
                             min_new_tokens=args.min_new_tokens, stop=args.stop, seed=args.seed)

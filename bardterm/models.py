@@ -50,10 +50,19 @@ def default_checkpoint() -> Path:
     return SHIPPED_CHECKPOINT
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """The checkpoint to use: the one given, else the shipped one, with a clear line if neither exists."""
-    if path is not None:
-        return Path(path).expanduser()
+def resolve_checkpoint(spec: str | Path | None, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                       progress=None, notify=None) -> Path:
+    """The checkpoint directory to use: a local directory, a Hub id's cached snapshot (downloaded if need be,
+    reporting to `progress`; see hub.py), else the shipped one, with a clear line if none exists. A note such
+    as "the Hub is unreachable: using the cached copy" goes to `notify` (default: stderr)."""
+    if spec is not None:
+        from bardterm import hub
+
+        resolved = hub.resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                               progress=progress)
+        for notice in resolved.notices:
+            (notify or _note)(notice)
+        return resolved.path
     shipped = default_checkpoint()
     if not (shipped / "config.json").is_file():
         raise BardtermError(f"no checkpoint given and the shipped one ({shipped}) is missing: pass --checkpoint DIR, "
@@ -61,11 +70,18 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
     return shipped
 
 
+def _note(message: str) -> None:
+    import sys
+
+    print(f"bardterm: note: {message}", file=sys.stderr)
+
+
 def check_checkpoint(path: str | Path, allow_pickle: bool = False) -> Path:
     """Fail early, with one line, on anything that is not a loadable model directory."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise BardtermError(f"checkpoint {path} does not exist: pass --checkpoint with a model directory")
+        raise BardtermError(f"checkpoint {path} does not exist: pass --checkpoint with a model directory or a "
+                            "Hub id (owner/name)")
     if not path.is_dir():
         raise BardtermError(f"checkpoint {path} is not a directory: pass the folder that holds config.json")
     if not (path / "config.json").is_file():
@@ -78,6 +94,15 @@ def check_checkpoint(path: str | Path, allow_pickle: bool = False) -> Path:
                                 "loaded: convert them to safetensors, or pass --allow-pickle if you trust them")
         if not pickled:
             raise BardtermError(f"{path} holds no weights (no *.safetensors file)")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError, UnicodeDecodeError) as error:
+            raise BardtermError(f"{index} is corrupt ({error}): re-download the checkpoint") from None
+        missing = [shard for shard in shards if not (path / shard).is_file()]
+        if missing:
+            raise BardtermError(f"{path} lacks {missing[0]}, a shard its index names: re-download the checkpoint")
     for file in safetensors:
         _check_safetensors(file)
     return path

@@ -38,7 +38,7 @@ def add_parsers(subparsers) -> None:
         description="Evaluate a checkpoint on a dataset split.", epilog=EVAL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("--checkpoint", required=True, help="checkpoint directory (Hugging Face format)")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint directory (Hugging Face format) or Hub id")
     ev.add_argument("--dataset", default="tiny_shakespeare", help="tiny_shakespeare, a text file or folder, hf:OWNER/NAME")
     ev.add_argument("--data-file", help="local copy of tiny_shakespeare (or set $BARDTERM_TINY_SHAKESPEARE)")
     ev.add_argument("--split", default="validation", choices=["validation", "test", "valtest", "train", "all"])

@@ -115,9 +115,12 @@ def run_eval(args) -> int:
     from bardterm.training.checkpoint import load_model
     from bardterm.training.tokenizer import bos_id, encode
 
-    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    from bardterm.hub_cli import resolve_with_progress
+
+    checkpoint = resolve_with_progress(args.checkpoint)  # a directory, or a Hub id downloaded to the cache
+    model, tokenizer = load_model(checkpoint, device=args.device)
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    block = args.block_size or _trained_block_size(args.checkpoint) or n_positions
+    block = args.block_size or _trained_block_size(checkpoint) or n_positions
     if block < 1:
         raise BardtermError(f"invalid --block-size {block}: must be at least 1")
     if block > n_positions:

@@ -189,86 +189,41 @@ def _emulated_bf16(mp: str) -> bool:
     return not native
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the Hub endpoint, so an offline machine fails in seconds, not after retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-class _quiet_hub:
-    """Silence huggingface_hub's retry warnings; failures become one BardtermError line instead."""
-
-    def __enter__(self):
-        from huggingface_hub.utils import logging as hub_logging
-
-        self._logger = hub_logging.get_logger()
-        self._level = self._logger.level
-        self._logger.setLevel("ERROR")
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-        return False
-
-
 def attn_dropout(config: dict) -> float:
     """Dropout on attention probabilities: --attn-dropout, else --dropout (as every run before the flag existed)."""
     return config["dropout"] if config.get("attn_dropout") is None else config["attn_dropout"]
 
 
 def load_base(config: dict):
-    """(model, tokenizer) of a pretrained base: a local directory or a Hub id (cache or network)."""
+    """(model, tokenizer) of a pretrained base: a local directory, or a Hub id fetched into the Hugging Face cache
+    (safetensors only) through the same resolver as every other command (hub.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from bardterm.hub_cli import resolve_with_progress
+
     hf_logging.disable_progress_bar()
     base = config["base"]
-    looks_local = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1] or Path(base).exists()
-    if looks_local and not Path(base).expanduser().is_dir():
+    try:
+        path = resolve_with_progress(base)
+    except BardtermError as error:
+        raise BardtermError(f"{error}; or train from scratch with --base scratch --preset small") from None
+    if not path.is_dir():
         raise BardtermError(f"base {base} is not a directory; give a checkpoint directory, a Hub id, or --base scratch")
-    local_only = True
     try:
-        model_config = AutoConfig.from_pretrained(base, local_files_only=True)  # a directory or the cache
-    except (OSError, ValueError):
-        model_config = None
-    if model_config is None:
-        local_only = False
-        unreachable = BardtermError(
-            f"cannot load base model {base!r}: it is not a local directory, not in the Hugging Face cache, and the "
-            "Hub is unreachable or has no such model; connect and retry, pass --base DIR for a local checkpoint, or "
-            "train from scratch with --base scratch --preset small"
-        )
-        if not _hub_reachable():
-            raise unreachable
-        try:
-            with _quiet_hub():
-                model_config = AutoConfig.from_pretrained(base)
-        except (OSError, ValueError):
-            raise unreachable from None
-    for key in ("resid_pdrop", "embd_pdrop", "dropout", "hidden_dropout"):
-        if hasattr(model_config, key):
-            setattr(model_config, key, config["dropout"])
-    for key in ("attn_pdrop", "attention_dropout"):
-        if hasattr(model_config, key):
-            setattr(model_config, key, attn_dropout(config))
-    try:
-        with _quiet_hub():
-            # float32 master weights whatever the storage dtype (the shipped checkpoint is float16, and Adam
-            # in float16 diverges at step 2); mixed precision stays the choice of --mixed-precision.
-            model = AutoModelForCausalLM.from_pretrained(base, config=model_config, local_files_only=local_only,
-                                                         dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=local_only)
+        model_config = AutoConfig.from_pretrained(path)
+        for key in ("resid_pdrop", "embd_pdrop", "dropout", "hidden_dropout"):
+            if hasattr(model_config, key):
+                setattr(model_config, key, config["dropout"])
+        for key in ("attn_pdrop", "attention_dropout"):
+            if hasattr(model_config, key):
+                setattr(model_config, key, attn_dropout(config))
+        # float32 master weights whatever the storage dtype (the shipped checkpoint is float16, and Adam
+        # in float16 diverges at step 2); mixed precision stays the choice of --mixed-precision.
+        model = AutoModelForCausalLM.from_pretrained(path, config=model_config, use_safetensors=True,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BardtermError(f"cannot load base model {base!r} ({first[:160]}); check the id or directory") from None
