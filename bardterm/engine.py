@@ -63,6 +63,8 @@ class TokenInfo:
     text: str
     prob: float
     alternatives: list[tuple[str, float]]
+    logprob: float = 0.0  # log of `prob`, computed as a log-softmax (-inf: the chain ruled the token out)
+    top: list[tuple[int, float]] = field(default_factory=list)  # the alternatives' (token id, logprob)
 
 
 @dataclass
@@ -193,9 +195,11 @@ def eos_ids(model, tokenizer) -> set[int]:
 class Generation:
     """One streaming generation. Iterate it for `Update`s; `result` is set when it ends."""
 
-    def __init__(self, model, tokenizer, prompt: str, setup: DecoderSetup, *, max_new_tokens: int = 128,
+    def __init__(self, model, tokenizer, prompt: str | list[int], setup: DecoderSetup, *, max_new_tokens: int = 128,
                  min_new_tokens: int = 0, stop: list[str] | tuple[str, ...] = (), seed: int | None = None,
-                 top_alternatives: int = 0):
+                 top_alternatives: int = 0, stop_token_ids: tuple[int, ...] | list[int] | set[int] = ()):
+        """`prompt` is text, or token ids as a chat template gives them (used as they are: no special tokens
+        added). `stop_token_ids` end the generation as EOS does (a chat model's end-of-turn tokens)."""
         if max_new_tokens < 1:
             raise BardtermError(f"invalid max_new_tokens={max_new_tokens}: must be at least 1")
         if not 0 <= min_new_tokens <= max_new_tokens:
@@ -210,7 +214,10 @@ class Generation:
         self._cancel = threading.Event()
 
         device = model.device
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        else:
+            ids = torch.tensor([list(prompt)], dtype=torch.long).reshape(1, -1)
         if ids.shape[1] == 0:  # an empty prompt starts from the beginning-of-text token
             start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             ids = torch.tensor([[start if start is not None else 0]])
@@ -227,7 +234,7 @@ class Generation:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
         self.run = DecodeRun(model, ids.to(device), setup.chain, generator, max_new_tokens, min_new_tokens,
-                             eos_ids(model, tokenizer))
+                             eos_ids(model, tokenizer) | {int(i) for i in stop_token_ids})
 
     def cancel(self) -> None:
         """Stop after the current token; safe to call from any thread."""
@@ -313,11 +320,13 @@ class Generation:
                     for i, token in enumerate(token_ids)]
 
     def _inspect(self, token_id: int, scores: torch.Tensor) -> TokenInfo:
-        probs = torch.softmax(scores[0], dim=-1)
-        top = torch.topk(probs, min(self.top_alternatives, probs.shape[-1]))
+        logprobs = torch.log_softmax(scores[0].float(), dim=-1)
+        top = torch.topk(logprobs, min(self.top_alternatives, logprobs.shape[-1]))
         piece = lambda i: token_piece(self.tokenizer, i)  # noqa: E731
-        alternatives = [(piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
-        return TokenInfo(token_id, piece(token_id), float(probs[token_id]), alternatives)
+        ids, values = top.indices.tolist(), top.values.tolist()
+        alternatives = [(piece(i), math.exp(v)) for i, v in zip(ids, values)]
+        chosen = float(logprobs[token_id])
+        return TokenInfo(token_id, piece(token_id), math.exp(chosen), alternatives, chosen, list(zip(ids, values)))
 
     def _find_stop(self, text: str) -> int | None:
         hits = [text.find(s) for s in self.stop]

@@ -13,6 +13,7 @@ import sys
 from bardterm.errors import BardtermError
 
 DEFAULT_MAX_NEW_TOKENS = 200
+MAX_LOGPROBS = 20
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,9 @@ def add_parsers(subparsers) -> None:
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT",
                           help="stop when this text appears; it is cut from the output (repeatable)")
     generate.add_argument("--json", action="store_true", help="print text, tokens and stats as one JSON object")
+    generate.add_argument("--logprobs", type=int, metavar="N",
+                          help="with --json: for every generated token, its id, text and log-probability after the "
+                               "processor chain, and the top N alternatives with theirs (N from 1 to 20)")
     generate.set_defaults(func=run_generate, decoder_flags=True)
 
     decoders = subparsers.add_parser("decoders", help="list decoding strategies, their parameters and plugins")
@@ -115,6 +119,8 @@ def run_generate(args) -> int:
         raise BardtermError(f"invalid --max-new-tokens {args.max_new_tokens}: must be at least 1")
     if not 0 <= args.min_new_tokens <= args.max_new_tokens:
         raise BardtermError(f"invalid --min-new-tokens {args.min_new_tokens}: must be 0 to --max-new-tokens")
+    if args.logprobs is not None and not (args.json and 1 <= args.logprobs <= MAX_LOGPROBS):
+        raise BardtermError(f"invalid --logprobs {args.logprobs}: use it with --json, and N from 1 to {MAX_LOGPROBS}")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
 
     from bardterm.engine import Generation
@@ -126,7 +132,8 @@ def run_generate(args) -> int:
     loaded = load_checkpoint(checkpoint, device=args.device, dtype=args.dtype,
                              allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     generation = Generation(loaded.model, loaded.tokenizer, prompt, setup, max_new_tokens=args.max_new_tokens,
-                            min_new_tokens=args.min_new_tokens, stop=args.stop, seed=args.seed)
+                            min_new_tokens=args.min_new_tokens, stop=args.stop, seed=args.seed,
+                            top_alternatives=args.logprobs or 0)
     for notice in generation.notices:
         warn(notice)
     if args.json:
@@ -161,10 +168,22 @@ def _print_json(generation, prompt: str, setup, args) -> int:
     for _ in generation:
         pass
     result = generation.result
-    print(json.dumps({"prompt": prompt, "text": result.text, "token_ids": result.token_ids,
-                      "stop_reason": result.stop_reason, "decoder": setup.describe(), "seed": args.seed,
-                      "stats": result.stats.as_dict(), "notices": result.notices}, ensure_ascii=False))
+    out = {"prompt": prompt, "text": result.text, "token_ids": result.token_ids, "stop_reason": result.stop_reason,
+           "decoder": setup.describe(), "seed": args.seed, "stats": result.stats.as_dict(), "notices": result.notices}
+    if args.logprobs:
+        from bardterm.text import token_piece
+
+        piece = lambda i: token_piece(generation.tokenizer, i)  # noqa: E731
+        out["logprobs"] = [{"id": t.token_id, "text": t.text, "logprob": _finite(t.logprob),
+                            "top": [{"id": i, "text": piece(i), "logprob": _finite(lp)} for i, lp in t.top]}
+                           for t in result.tokens]
+    print(json.dumps(out, ensure_ascii=False))
     return 0
+
+
+def _finite(logprob: float) -> float | None:
+    """JSON has no -inf: a token the chain ruled out gets null."""
+    return logprob if logprob > float("-inf") else None
 
 
 def run_decoders(args) -> int:

@@ -93,6 +93,33 @@ def test_generate_json_has_text_tokens_and_stats(capsys, tiny_checkpoint):
     assert again["token_ids"] == data["token_ids"]  # same seed, same text
 
 
+def test_generate_logprobs_match_a_forward_pass(capsys, tiny_checkpoint, tokenizer, gpt2):
+    """--logprobs N: each token's log-probability after the chain (here temperature 0.5, top_k 6) and its top N
+    alternatives, checked against the model's logits for the same text, scaled and filtered by hand."""
+    argv = ["generate", "ROMEO:", "--checkpoint", str(tiny_checkpoint), "--json", "--decoder", "sample", "--seed",
+            "3", "--temperature", "0.5", "--top-k", "6", "--max-new-tokens", "6"]
+    code, out, _ = run(capsys, *argv, "--logprobs", "3")
+    data = json.loads(out)
+    assert code == 0 and len(data["logprobs"]) == 6
+    assert [t["id"] for t in data["logprobs"]] == data["token_ids"]
+    prompt = tokenizer("ROMEO:")["input_ids"]
+    with torch.no_grad():
+        logits = gpt2(torch.tensor([prompt + data["token_ids"]])).logits[0, len(prompt) - 1:-1]
+    scaled = logits / 0.5
+    kth = scaled.topk(6, dim=-1).values[:, -1:]
+    expected = torch.log_softmax(scaled.masked_fill(scaled < kth, -float("inf")), dim=-1)
+    for step, token in enumerate(data["logprobs"]):
+        assert token["logprob"] == pytest.approx(float(expected[step, token["id"]]), abs=1e-4)
+        assert token["text"] == tokenizer.decode([token["id"]])
+        best = expected[step].topk(3)
+        assert [alt["id"] for alt in token["top"]] == best.indices.tolist()
+        assert [alt["logprob"] for alt in token["top"]] == pytest.approx(best.values.tolist(), abs=1e-4)
+    plain = json.loads(run(capsys, *argv)[1])
+    assert "logprobs" not in plain and plain["token_ids"] == data["token_ids"]  # without the flag: as before
+    code, _, err = run(capsys, *argv, "--logprobs", "0")
+    assert_one_line_error(code, err, "--logprobs")
+
+
 def test_generate_reads_prompt_from_stdin(capsys, monkeypatch, tiny_checkpoint, tokenizer, gpt2):
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda: "JULIET:"))
     code, out, _ = run(capsys, "generate", "-", "--checkpoint", str(tiny_checkpoint), "--decoder", "greedy",
