@@ -581,3 +581,127 @@ async def test_resume_with_continue_and_picker(make_app, home):
         await reply(pilot, "More")
         assert [t.speaker for t in app.session.conversation.turns] == ["user", "model", "user", "model"]
     assert sorted(len(c) for c in stored(home)) == [2, 4]
+
+
+async def test_closing_the_decoder_panel_gives_typing_back_to_the_message_box(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        prompt = app.query_one("#prompt")
+        await pilot.press("f2")
+        assert app.focused.id == "selector"
+        await pilot.press("f2")  # closed again: what is typed goes to the message box
+        await pilot.press(*"hi")
+        assert not app.panel.display and prompt.has_focus and prompt.text == "hi"
+        await pilot.press("f2", "enter")  # a drop-down open in the panel when it closes
+        await pilot.pause()
+        await pilot.press("f2")
+        await pilot.pause()
+        await pilot.press(*"!!")
+        assert prompt.has_focus and prompt.text == "hi!!"
+        assert not any(s.expanded for s in app.panel.query("Select"))
+        await pilot.press("ctrl+t", "f2", "f2", "x")  # on the compose tab, back to the draft
+        assert app.query_one("#draft").has_focus and app.query_one("#draft").text == "x"
+
+
+async def test_status_line_names_the_decoder_in_use(make_app):
+    app = make_app(decoder="creative")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        status = app.query_one("#decoder-status")
+        assert str(status.render()).startswith("creative")
+        await pilot.press("f2")
+        app.panel.query_one("#selector").value = "greedy"  # as a person picks it in the panel
+        await pilot.pause()
+        assert str(status.render()).startswith("greedy")
+        await pilot.press("f2")
+        await submit(pilot, "/decoder creative")
+        assert str(status.render()).startswith("creative")
+        await submit(pilot, "/set temperature 0.5")
+        assert str(status.render()).startswith("creative (edited)")
+        await submit(pilot, "/set seed 3")
+        assert str(status.render()) == "creative (edited) · seed 3"
+
+
+async def test_ctrl_r_in_compare_runs_the_columns_again_not_the_hidden_chat_reply(make_app):
+    app = make_app(seed=None)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await ready(pilot)
+        await reply(pilot, "Hello")
+        reply_id = app.session.conversation.turns[-1].id
+        await pilot.press("f4")
+        screen = app.screen
+        assert screen.query_one("#compare-prompt").value == "Hello"
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert screen.generating or any("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
+        await wait_for(pilot, lambda: not app.host.generating)
+        await pilot.pause()
+        assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
+        assert app.session.conversation.turns[-1].id == reply_id and len(app.session.turns) == 2
+        await pilot.press("escape")
+        await pilot.press("ctrl+r")  # back in the chat, Ctrl+R regenerates the reply as before
+        await wait_for(pilot, lambda: not app.host.generating and app.session.turns[-1].id != reply_id)
+
+
+async def test_set_template_keeps_its_backslash_newlines(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await submit(pilot, r"/set template {name} says:\n{text}\n\n")
+        assert app.session.frame.template == "{name} says:\n{text}\n\n"
+        await submit(pilot, r"/set template '[{name}] {text}\n'")  # quoted, as before
+        assert app.session.frame.template == "[{name}] {text}\n"
+        await submit(pilot, r"/set template {text}")
+        assert any("invalid template" in m for m in messages(app))
+        assert app.session.frame.template == "[{name}] {text}\n"
+
+
+async def test_a_reply_lost_to_a_crash_can_be_asked_for_after_continue(make_app, home):
+    from bardterm.tui.store import Turn
+
+    store = Store()
+    conversation = store.new_conversation("tiny", "ROMEO", "JULIET")
+    store.add_turn(conversation, Turn("user", "Hello"))
+    store.add_turn(conversation, Turn("model", "Hi"))
+    store.add_turn(conversation, Turn("user", "Are you there?"))  # then kill -9, mid-reply
+    store.close()
+    app = make_app(resume=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert any("has no reply" in m and "Ctrl+R" in m for m in messages(app))
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not app.host.generating and app.session.turns[-1].speaker == "model")
+        await pilot.pause()
+        assert [t.speaker for t in app.session.turns] == ["user", "model", "user", "model"]
+        assert len(app.query(TurnView)) == 4
+        assert not any("nothing to regenerate" in m for m in messages(app))
+    assert [s for s, _, _ in stored(home)[0]] == ["user", "model", "user", "model"]
+
+
+async def test_a_long_chat_leaves_out_whole_old_turns_quietly(make_app, monkeypatch):
+    import bardterm.engine
+
+    prompts = []
+    original = bardterm.engine.Generation.__init__
+
+    def spy(self, model, tokenizer, prompt, setup, **kwargs):
+        prompts.append((prompt, kwargs["max_new_tokens"]))
+        original(self, model, tokenizer, prompt, setup, **kwargs)
+        assert not self.notices  # the engine had nothing left to cut
+
+    monkeypatch.setattr(bardterm.engine.Generation, "__init__", spy)
+    app = make_app(max_new_tokens=40)  # the tiny model's context is 128 tokens
+    async with app.run_test(size=(110, 30)) as pilot:
+        await ready(pilot)
+        for i in range(4):
+            await reply(pilot, f"Message {i}: " + "Romeo, Romeo, wherefore art thou? " * 4)
+        tokenizer = app.host.loaded.tokenizer
+        assert len(tokenizer(app.session.frame.prompt(app.session.turns))["input_ids"]) > 128
+        for prompt, max_new in prompts:
+            assert prompt.startswith(("ROMEO:\n", "JULIET:\n"))  # a whole turn, never a cut one
+            assert len(tokenizer(prompt)["input_ids"]) + max_new <= 128
+        assert not prompts[-1][0].startswith("ROMEO:\nMessage 0")  # the oldest turns went first
+        assert "ROMEO:\nMessage 3" in prompts[-1][0]  # never the newest
+        assert not any("tokens" in m and "context" in m for m in messages(app))  # no toasts about it
+        assert "left out of the context" in str(app.query_one("#context-status").render())

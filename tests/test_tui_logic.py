@@ -340,3 +340,15 @@ def test_reply_prompt_leaves_out_the_oldest_whole_turns():
     # the newest turn stays even when it alone is too long: the engine keeps its end
     lonely = session.reply_prompt(count, context=4, max_new_tokens=2)
     assert lonely.left_out == 9 and lonely.max_new_tokens == 1
+
+
+def test_choice_name_says_what_is_in_use(registry):
+    choice = DecoderChoice.from_name(registry, "creative")
+    assert choice.name(registry) == "creative"
+    choice.set(registry, "top_k", "5")
+    assert choice.name(registry) == "creative (edited)"
+    choice.set(registry, "top_k", "50")  # back as the preset has it
+    assert choice.name(registry) == "creative"
+    choice.selector = "greedy"
+    assert choice.name(registry) == "greedy"
+    assert DecoderChoice(selector="beam").name(registry) == "beam"

@@ -242,7 +242,7 @@ class BardtermApp(App):
     def show_decoder(self) -> None:
         choice = self.host.choice
         if choice is not None:
-            label = choice.label or choice.selector
+            label = choice.name(self.host.registry)
             seed = f" · seed {choice.seed}" if choice.seed is not None else ""
             self.query_one("#decoder-status", Static).update(Text(sanitize(label + seed)))
 
@@ -267,6 +267,9 @@ class BardtermApp(App):
             self.notify(str(error), severity="error")
             return
         self.chat.show(conversation.turns)
+        if self.session.awaiting_reply():
+            self.notify("the last message has no reply (bardterm stopped before it was written): Ctrl+R asks "
+                        "for it")
 
     def new_conversation(self) -> None:
         if self.chat.generating:
@@ -292,7 +295,8 @@ class BardtermApp(App):
         self.host.stop_all()
 
     def action_regenerate(self) -> None:
-        if self.query_one("#tabs", TabbedContent).active == "chat-tab":
+        """Ctrl+R: the chat's last reply again (compose and compare bind their own Ctrl+R)."""
+        if self.screen is self.screen_stack[0] and self.query_one("#tabs", TabbedContent).active == "chat-tab":
             self.chat.regenerate()
 
     def action_compare(self) -> None:
@@ -313,11 +317,19 @@ class BardtermApp(App):
         if panel.display:
             selector = panel.query("#selector")
             (selector.first() if selector else panel).focus()
+        else:  # focus must not stay on a hidden field (typing would go nowhere): back to where one writes
+            panel.close_menus()
+            self.focus_input()
+
+    def focus_input(self) -> None:
+        """Focus the message box, or the draft on the compose tab."""
+        compose = self.query_one("#tabs", TabbedContent).active == "compose-tab"
+        self.query_one("#draft" if compose else "#prompt").focus()
 
     def action_switch_tab(self) -> None:
         tabs = self.query_one("#tabs", TabbedContent)
         tabs.active = "compose-tab" if tabs.active == "chat-tab" else "chat-tab"
-        self.query_one("#draft" if tabs.active == "compose-tab" else "#prompt").focus()
+        self.focus_input()
 
     def action_help(self) -> None:
         self.note(commands.help_text())

@@ -36,7 +36,8 @@ class Column(Vertical):
 
 class CompareScreen(Screen):
     AUTO_FOCUS = "#compare-prompt"
-    BINDINGS = [Binding("escape", "stop_or_close", "Stop / close"), Binding("f4", "close", "Close")]
+    BINDINGS = [Binding("escape", "stop_or_close", "Stop / close"), Binding("ctrl+r", "run_again", "Run again"),
+                Binding("f4", "close", "Close")]
 
     def __init__(self, host: ModelHost, names: list[str], choices: list[DecoderChoice], prompt: str = ""):
         super().__init__()
@@ -79,6 +80,12 @@ class CompareScreen(Screen):
                 self.notify(f"{column.setup_name}: {error}", severity="error", timeout=8)
                 continue
             column.show("", "waiting…")
+
+    def action_run_again(self) -> None:
+        """Ctrl+R here runs the columns again (never the chat's reply, hidden under this screen)."""
+        prompt = self.query_one("#compare-prompt", Input).value
+        if not self.generating:
+            self.run_all(prompt)
 
     def _column(self, stream: Stream) -> Column | None:
         return next((c for c in self.columns if c.stream is stream), None)

@@ -100,6 +100,11 @@ class DecoderPanel(VerticalScroll):
                           classes="processor-head")
         return Vertical(head, Vertical(*fields, classes="processor-params"), id=f"row-{name}", classes="processor")
 
+    def close_menus(self) -> None:
+        """Fold any open drop-down (the panel is being hidden)."""
+        for select in self.query(Select):
+            select.expanded = False
+
     def sync(self) -> None:
         """Show the app's current choice: values, which groups are visible, the chain's order."""
         if self.registry is None:

@@ -77,6 +77,20 @@ class DecoderChoice:
         to = max(0, min(len(self.chain) - 1, at + offset))
         self.chain.insert(to, self.chain.pop(at))
 
+    def name(self, registry: Registry) -> str:
+        """A short name for the status line: the preset or decoder it started from while it is unchanged,
+        that name marked edited while the selector is the same, else the selector in use."""
+        if self.label:
+            try:
+                origin = DecoderChoice.from_name(registry, self.label)
+                if origin.setup(registry).describe() == self.setup(registry).describe():
+                    return self.label
+                if origin.selector == self.selector:
+                    return f"{self.label} (edited)"
+            except BardtermError:  # a plugin's preset gone, or a setup that no longer builds
+                pass
+        return self.selector
+
     def describe(self, registry: Registry) -> str:
         try:
             text = self.setup(registry).describe()
