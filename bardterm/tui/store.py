@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated REAL NOT NULL,
     checkpoint TEXT NOT NULL DEFAULT '',
     user_name TEXT NOT NULL,
-    model_name TEXT NOT NULL
+    model_name TEXT NOT NULL,
+    framing TEXT NOT NULL DEFAULT '',  -- 'template' (the model's chat template) or 'script' ('' before it existed)
+    system TEXT NOT NULL DEFAULT ''    -- the system prompt
 );
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a regenerated reply is a new turn
@@ -68,6 +70,8 @@ class Conversation:
     checkpoint: str
     user_name: str
     model_name: str
+    framing: str = ""
+    system: str = ""
     turns: list[Turn] = field(default_factory=list)
 
     def label(self) -> str:
@@ -83,6 +87,7 @@ class Store:
             self.db = sqlite3.connect(path)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.executescript(_SCHEMA)
+            _add_missing_columns(self.db)
         except sqlite3.DatabaseError as error:
             raise BardtermError(f"cannot open the conversation store {path} ({error}): "
                                 "move the file aside or set BARDTERM_HOME to another folder") from None
@@ -94,12 +99,13 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def new_conversation(self, checkpoint: str, user_name: str, model_name: str) -> int:
+    def new_conversation(self, checkpoint: str, user_name: str, model_name: str, framing: str = "",
+                         system: str = "") -> int:
         now = time.time()
         with self.db:
             cursor = self.db.execute(
-                "INSERT INTO conversations (created, updated, checkpoint, user_name, model_name) VALUES (?,?,?,?,?)",
-                (now, now, checkpoint, user_name, model_name))
+                "INSERT INTO conversations (created, updated, checkpoint, user_name, model_name, framing, system) "
+                "VALUES (?,?,?,?,?,?,?)", (now, now, checkpoint, user_name, model_name, framing, system))
         return cursor.lastrowid
 
     def add_turn(self, conversation_id: int, turn: Turn) -> int:
@@ -123,6 +129,11 @@ class Store:
         with self.db:
             self.db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
 
+    def set_setup(self, conversation_id: int, checkpoint: str, framing: str, system: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE conversations SET checkpoint = ?, framing = ?, system = ? WHERE id = ?",
+                            (checkpoint, framing, system, conversation_id))
+
     def set_names(self, conversation_id: int, user_name: str, model_name: str) -> None:
         with self.db:
             self.db.execute("UPDATE conversations SET user_name = ?, model_name = ? WHERE id = ?",
@@ -140,8 +151,8 @@ class Store:
         return found[0] if found else None
 
     def load(self, conversation_id: int) -> Conversation:
-        row = self.db.execute("SELECT id, title, created, updated, checkpoint, user_name, model_name "
-                              "FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        row = self.db.execute("SELECT id, title, created, updated, checkpoint, user_name, model_name, framing, "
+                              "system FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         if row is None:
             raise BardtermError(f"no conversation {conversation_id}: pick one with Ctrl+O")
         conversation = Conversation(*row)
@@ -152,8 +163,19 @@ class Store:
         return conversation
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A store written by an older bardterm gains the newer columns (with their defaults)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
+    with db:
+        for column in ("framing", "system"):
+            if column not in have:
+                db.execute(f"ALTER TABLE conversations ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+
+
 def to_markdown(conversation: Conversation) -> str:
     lines = [f"# {conversation.label()}", ""]
+    if conversation.system:
+        lines += ["**system**:", "", conversation.system, ""]
     for turn in conversation.turns:
         name = conversation.user_name if turn.speaker == "user" else conversation.model_name
         note = " (stopped)" if turn.partial else ""
@@ -165,7 +187,7 @@ def to_json(conversation: Conversation) -> str:
     data = {
         "id": conversation.id, "title": conversation.label(), "created": conversation.created,
         "checkpoint": conversation.checkpoint, "user_name": conversation.user_name,
-        "model_name": conversation.model_name,
+        "model_name": conversation.model_name, "framing": conversation.framing, "system": conversation.system,
         "turns": [{"speaker": t.speaker, "name": conversation.user_name if t.speaker == "user" else
                    conversation.model_name, "text": t.text, "partial": t.partial, "decoder": t.decoder,
                    "stats": t.stats} for t in conversation.turns],
