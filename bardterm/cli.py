@@ -8,6 +8,7 @@ Each subcommand lives in the module that owns its work and exposes `add_parser(s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bardterm import __version__
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         args.extra = extra
         return args.func(args) or 0
     except BardtermError as error:
-        print(f"bardterm: error: {error}", file=sys.stderr)
+        if not int(os.environ.get("RANK") or 0):  # several training processes: rank 0 speaks for all
+            print(f"bardterm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bardterm: interrupted", file=sys.stderr)

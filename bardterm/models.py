@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bardterm.errors import BardtermError
+from bardterm.lora import is_adapter_dir
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED_CHECKPOINT = CHECKPOINTS_DIR / "shakespeare"
@@ -133,6 +134,8 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
 
     hf_logging.disable_progress_bar()  # our own UI reports progress; theirs would garble the stream
     hf_logging.set_verbosity_error()
+    if is_adapter_dir(path):
+        return load_adapter_checkpoint(path, device, dtype, allow_pickle, trust_remote_code)
     path = check_checkpoint(path, allow_pickle)
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -163,3 +166,17 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
     model.eval()
     return LoadedModel(model, tokenizer, path, device, dtype)
+
+
+def load_adapter_checkpoint(path: str | Path, device: str | None = None, dtype: str | None = None,
+                            allow_pickle: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+    """A LoRA adapter folder (see lora.py): the base it names, loaded like any checkpoint, with the adapter merged."""
+    from transformers import AutoTokenizer
+
+    from bardterm import lora
+
+    path = Path(path).expanduser()
+    base = load_checkpoint(resolve_checkpoint(lora.adapter_base(path)), device, dtype, allow_pickle, trust_remote_code)
+    model = lora.attach(base.model, path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+    return LoadedModel(model, tokenizer, path, base.device, base.dtype)

@@ -85,7 +85,7 @@ def test_bad_probability_or_a_text_without_speakers_is_refused():
 
 def test_each_epoch_trains_on_its_own_renamed_tokens(text):
     from bardterm.data import Dataset
-    from bardterm.training.loop import _retokenize
+    from bardterm.training.build import retokenize as _retokenize
     from bardterm.training.tokenizer import encode, train_bpe
 
     tokenizer = train_bpe(text, 400)

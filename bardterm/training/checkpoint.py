@@ -5,7 +5,8 @@ Layout of a run directory `checkpoints/<run>/`:
     model.safetensors, config.json, generation_config.json,   <- the best model (lowest validation loss)
     tokenizer.json, tokenizer_config.json, bardterm.json, loss.png
     last/      the latest model, same files
-    resume/    model.safetensors (exact fp32 weights), optimizer.safetensors, rng.safetensors,
+    resume/    model.safetensors (exact fp32 weights; a LoRA run's adapter weights only), optimizer.safetensors,
+               rng.safetensors (rng.rank<N>.safetensors for each further process),
                trainer_state.json (step, config, history, RNG of python/numpy, optimizer param groups)
 
 Every file is written to a temporary name in the same directory and moved into place with os.replace; a
@@ -137,11 +138,22 @@ def save_model_dir(model, tokenizer, meta: dict, target: Path, *, top_level: boo
 
 
 def _state_dict_tensors(model) -> dict:
-    """Model weights as independent contiguous CPU tensors (tied weights saved once per key)."""
-    out = {}
-    for key, value in model.state_dict().items():
-        out[key] = value.detach().to("cpu").clone().contiguous()
-    return out
+    """Model weights as independent contiguous CPU tensors (tied weights saved once per key). When some weights
+    are frozen (a LoRA adapter on its base), only the trained ones: the base is reloaded from where it came."""
+    params = dict(model.named_parameters())
+    if len({p.requires_grad for p in params.values()}) < 2:  # all trained (or a weight average: none)
+        items = model.state_dict().items()
+    else:
+        items = ((key, value) for key, value in params.items() if value.requires_grad)
+    return {key: value.detach().to("cpu").clone().contiguous() for key, value in items}
+
+
+def _frozen(model) -> set:
+    """Names of the weights a resume state leaves out (see _state_dict_tensors)."""
+    params = dict(model.named_parameters())
+    if len({p.requires_grad for p in params.values()}) < 2:
+        return set()
+    return {key for key, value in params.items() if not value.requires_grad}
 
 
 def optimizer_to_flat(state: dict) -> tuple[dict, dict]:
@@ -205,8 +217,11 @@ def restore_rng(tensors: dict, meta: dict) -> None:
                          n["cached"]))
 
 
-def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average=None) -> None:
-    """Everything to continue exactly: weights, optimizer, RNG, counters, and the weight average if kept."""
+def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average=None, rank_rngs=None) -> None:
+    """Everything to continue exactly: weights, optimizer, RNG, counters, and the weight average if kept.
+
+    With several processes, rank 0 writes it all; `rank_rngs` is every rank's `capture_rng()` (their dropout
+    draws differ), saved as rng.safetensors for rank 0 and rng.rank<N>.safetensors for the others."""
     from safetensors.torch import save_file
 
     stage = staging_dir(run_dir, "resume")
@@ -216,9 +231,13 @@ def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average
             save_file(_state_dict_tensors(average), str(stage / "average.safetensors"))
         opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(stage / "optimizer.safetensors"))
-        rng_tensors, rng_meta = capture_rng()
-        save_file(rng_tensors, str(stage / "rng.safetensors"))
+        rank_rngs = rank_rngs or [capture_rng()]
+        rng_meta = rank_rngs[0][1]
+        for rank, (rng_tensors, _) in enumerate(rank_rngs):
+            save_file(rng_tensors, str(stage / ("rng.safetensors" if rank == 0 else f"rng.rank{rank}.safetensors")))
         state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
+        if len(rank_rngs) > 1:
+            state["rank_rng"] = {str(rank): meta for rank, (_, meta) in enumerate(rank_rngs) if rank}
         (stage / "trainer_state.json").write_text(json.dumps(state, indent=2, default=_json_default) + "\n")
         _fix_modes(stage)
         swap_dir(stage, run_dir / "resume")
@@ -248,7 +267,7 @@ def read_resume_state(run_dir: Path) -> dict:
         raise BardtermError(f"resume state in {found} is unreadable ({error}); start a new run with --overwrite")
 
 
-def load_resume(run_dir: Path, model, optimizer, *, average=None) -> dict:
+def load_resume(run_dir: Path, model, optimizer, *, average=None, rank: int = 0) -> dict:
     from safetensors.torch import load_file
 
     found = resume_dir(run_dir)
@@ -256,10 +275,14 @@ def load_resume(run_dir: Path, model, optimizer, *, average=None) -> dict:
     for target, name in [(model, "model.safetensors")] + ([(average, "average.safetensors")] if average else []):
         weights = load_file(str(found / name))
         missing, unexpected = target.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+        frozen = _frozen(target)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight") and k not in frozen]:
             raise BardtermError(f"resume state in {found} does not match the model; start a new run with --overwrite")
     optimizer.load_state_dict(optimizer_from_flat(load_file(str(found / "optimizer.safetensors")), state["optimizer"]))
-    restore_rng(load_file(str(found / "rng.safetensors")), state["rng"])
+    if rank == 0:
+        restore_rng(load_file(str(found / "rng.safetensors")), state["rng"])
+    else:
+        restore_rng(load_file(str(found / f"rng.rank{rank}.safetensors")), state["rank_rng"][str(rank)])
     return state
 
 
