@@ -8,13 +8,12 @@ import json
 from conftest import make_gpt2, make_tokenizer
 
 
-def test_fine_tune_a_float16_checkpoint_on_own_text(tmp_path, capsys, monkeypatch):
+def test_fine_tune_a_float16_checkpoint_on_own_text(tmp_path, capsys):
     import torch
     from safetensors.torch import load_file
 
     from bardterm.cli import main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tokenizer = make_tokenizer()
     base = tmp_path / "fp16-base"
     make_gpt2(tokenizer, n_layer=1).half().save_pretrained(base)
