@@ -16,7 +16,7 @@ from bardterm.errors import BardtermError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bardterm import generate_cli, hub_cli, tui
+    from bardterm import config, generate_cli, hub_cli, tui
     from bardterm.training import cli as training_cli
 
     parser = argparse.ArgumentParser(
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     generate_cli.add_parsers(subparsers)
     hub_cli.add_parsers(subparsers)
+    config.add_parsers(subparsers)
     training_cli.add_parsers(subparsers)
     parser.set_defaults(func=tui.run)
     return parser

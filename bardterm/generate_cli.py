@@ -48,7 +48,8 @@ def add_parsers(subparsers) -> None:
     generate.add_argument("--chain", help="processors in the order to apply them, comma-separated "
                           "(default order: repetition_penalty, temperature, top_k, top_p, then plugins)")
     generate.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
-    generate.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N")
+    generate.add_argument("--max-new-tokens", type=int, metavar="N",
+                          help=f"longest continuation (default: the settings file's, else {DEFAULT_MAX_NEW_TOKENS})")
     generate.add_argument("--min-new-tokens", type=int, default=0, metavar="N")
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT",
                           help="stop when this text appears; it is cut from the output (repeatable)")
@@ -114,7 +115,7 @@ def run_generate(args) -> int:
         warn(problem)
     settings = decoder_settings(registry, args.extra)
     chain = [name.strip() for name in args.chain.split(",") if name.strip()] if args.chain is not None else None
-    setup = build(args.decoder, chain=chain, registry=registry, **settings)
+    setup, args.max_new_tokens = _with_config(args, registry, chain, settings)
     if args.max_new_tokens < 1:
         raise BardtermError(f"invalid --max-new-tokens {args.max_new_tokens}: must be at least 1")
     if not 0 <= args.min_new_tokens <= args.max_new_tokens:
@@ -139,6 +140,27 @@ def run_generate(args) -> int:
     if args.json:
         return _print_json(generation, prompt, setup, args)
     return _stream(generation)
+
+
+def _with_config(args, registry, chain, flags: dict):
+    """The decoder setup and max new tokens: the command line over the settings file (the model's section,
+    then [defaults]) over the built-ins. A settings file with an error is named in one warning and left out."""
+    from bardterm import config
+    from bardterm.registry import build
+
+    settings = config.load_or_warn(warn)
+    effective = settings.effective(config.model_names(args.checkpoint),
+                                   given={"decoder": args.decoder, "max_new_tokens": args.max_new_tokens})
+    decoder, source = effective["decoder"]
+    decoder = decoder if source != "built-in" else None  # unset: the flags may imply a selector (--num-beams)
+    params = {key[len("params."):]: value for key, (value, _) in effective.items() if key.startswith("params.")}
+    setup = build(args.decoder, chain=chain, registry=registry, **flags)  # the command line alone must hold
+    if decoder != args.decoder or params:
+        try:
+            setup = build(decoder, chain=chain, registry=registry, **{**params, **flags})
+        except BardtermError as error:
+            warn(f"{settings.path}: {error}; using the built-in decoder settings")
+    return setup, effective["max_new_tokens"][0]
 
 
 def _stream(generation) -> int:

@@ -90,6 +90,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def no_user_settings(tmp_path_factory, monkeypatch):
+    """Tests never read the settings file of whoever runs them (a test that wants one sets its own)."""
+    monkeypatch.setenv("BARDTERM_CONFIG", str(tmp_path_factory.getbasetemp() / "no-settings.toml"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()
