@@ -218,6 +218,10 @@ def model_and_tokenizer(config: dict, dataset, run_dir: Path, resume: bool):
 def make_accelerator(mp: str) -> Accelerator:
     if mp == "fp16" and not torch.cuda.is_available():
         raise BardtermError("--mixed-precision fp16 needs a GPU; use bf16 or no on a CPU")
+    if processes.one_of_several_not_started():
+        raise BardtermError("accelerate launch started one process, not several: on a machine without GPUs add "
+                            "--multi_gpu (it then starts --num_processes processes that train together over gloo), "
+                            "or launch with torchrun --nproc_per_node N")
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mp:
         AcceleratorState._reset_state()  # a second run in one process (tests, benchmarks) with other settings
     # Accelerate starts gloo for several processes on a machine without a GPU only when told it is on the CPU.

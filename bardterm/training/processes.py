@@ -27,6 +27,13 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE") or 1)
 
 
+def one_of_several_not_started() -> bool:
+    """`accelerate launch --num_processes N` without a GPU (or a config file) runs its simple launcher: one
+    process, with MASTER_ADDR set for N but no WORLD_SIZE; trained on, it would be one silent run of N."""
+    env = os.environ
+    return "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
