@@ -705,3 +705,30 @@ async def test_a_long_chat_leaves_out_whole_old_turns_quietly(make_app, monkeypa
         assert "ROMEO:\nMessage 3" in prompts[-1][0]  # never the newest
         assert not any("tokens" in m and "context" in m for m in messages(app))  # no toasts about it
         assert "left out of the context" in str(app.query_one("#context-status").render())
+
+
+def shown_text(widget) -> str:
+    """What a widget puts on the screen, its lines joined: clipped text shows clipped."""
+    from textual.geometry import Region
+
+    lines = widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))
+    return " ".join(" ".join(strip.text.split()) for strip in lines)
+
+
+async def test_decoder_panel_fits_a_narrow_terminal_and_never_clips_a_range(make_app):
+    app = make_app(decoder="creative")
+    async with app.run_test(size=(60, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        await pilot.pause()
+        assert app.panel.outer_size.width <= 32 and app.query_one("#tabs").outer_size.width >= 28
+        for field in app.panel.query("ParamField"):
+            if field.display and field.parent.display:
+                label = field.query_one(".param-name")
+                assert label.region.right <= app.panel.scrollable_content_region.right  # not cut off on the right
+                assert shown_text(label).endswith(field.param.allowed()), shown_text(label)
+        penalty = app.panel.query_one("#repetition_penalty-repetition_penalty").parent.query_one(".param-name")
+        assert "<= 10" in shown_text(penalty)
+        await pilot.resize_terminal(140, 40)
+        await pilot.pause()
+        assert app.panel.outer_size.width == 48
