@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-from bardterm.decoders.base import Hypothesis, Processor
 from bardterm.errors import BardtermError
 from bardterm.fast_gpt2 import gpt2_decode_step
+from bardterm.interface import DecoderSetup, Hypothesis, Processor, Step
 from bardterm.kv_cache import preallocated_cache
-from bardterm.registry import DecoderSetup
 from bardterm.text import IncrementalDecoder, token_piece
 
 SLOW_STEP_S = 10.0  # a processor that takes longer than this for one step is stopped as faulty
@@ -88,28 +87,27 @@ class Result:
     tokens: list[TokenInfo] = field(default_factory=list)
 
 
-@dataclass
-class Step:
-    """One forward pass: next-token logits (batch, vocab) in float32, the updated cache, and optionally the
-    last layer's hidden state at the last position (batch, hidden)."""
-
-    logits: torch.Tensor
-    cache: Any
-    hidden: torch.Tensor | None = None
+class Cancelled(Exception):
+    """Raised inside a run once the user has cancelled, so that a search stops between model passes."""
 
 
 class DecodeRun:
-    """What the engine hands a selector's `search`: the model step, the chain, the RNG, and the limits."""
+    """The run context (`bardterm.interface.Run`): what the engine hands every decoder for one generation."""
 
     def __init__(self, model, prompt_ids, chain: list[Processor], generator: torch.Generator,
-                 max_new_tokens: int, min_new_tokens: int, eos_token_ids: set[int]):
+                 max_new_tokens: int, min_new_tokens: int, eos_token_ids: set[int],
+                 cancel: threading.Event | None = None):
         self.model = model
         self.prompt_ids = prompt_ids
+        self.prompt_length = prompt_ids.shape[1]
+        self.step = 0
+        self.input_ids: torch.Tensor | None = None
         self.chain = chain
         self.generator = generator
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens
         self.eos_token_ids = eos_token_ids
+        self._cancel = cancel or threading.Event()
         self._eos_index = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=prompt_ids.device)
         self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -117,21 +115,35 @@ class DecodeRun:
         self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
         self.busy: tuple[Processor, float] | None = None  # the processor running now, and since when
 
-    def forward(self, input_ids: torch.Tensor, cache=None, *, hidden: bool = False) -> Step:
-        """Run the model on `input_ids` after `cache`; returns the next-token logits for each row."""
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def forward(self, input_ids: torch.Tensor, cache=None, *, hidden=False, layer: int = -1) -> Step:
+        """Run the model on `input_ids` after `cache`; returns the next-token logits for each row (and with
+        `hidden`, "last" or "all" positions of hidden layer `layer`: see `bardterm.interface.Run.forward`)."""
+        if self.cancelled:
+            raise Cancelled
+        if hidden not in (False, True, "last", "all"):
+            raise ValueError(f"forward(hidden={hidden!r}): hidden is False, 'last' or 'all'")
         if cache is None:  # the prompt: a cache sized for the whole generation, so no copying as it grows
-            cache = preallocated_cache(self.model, self.prompt_ids.shape[1] + self.max_new_tokens)
+            cache = preallocated_cache(self.model, self.prompt_length + self.max_new_tokens)
             self._fast_step = gpt2_decode_step(self.model) if cache is not None else None
         elif self._fast_step is not None and not hidden and input_ids.shape[1] == 1:
             return Step(self._fast_step(input_ids, cache).float(), cache)
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out = self.model(input_ids=input_ids, **{self._cache_arg: cache}, use_cache=True,
-                         output_hidden_states=hidden, return_dict=True, **extra)
-        return Step(out.logits[:, -1, :].float(), getattr(out, self._cache_arg), out.hidden_states[-1][:, -1, :] if hidden else None)
+                         output_hidden_states=bool(hidden), return_dict=True, **extra)
+        states = None
+        if hidden:
+            states = out.hidden_states[layer]
+            states = states[:, -1, :] if hidden in (True, "last") else states
+        return Step(out.logits[:, -1, :].float(), getattr(out, self._cache_arg), states)
 
     def process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Apply min-new-tokens, then the chain in order, checking what each processor returns."""
-        if input_ids.shape[1] - self.prompt_ids.shape[1] < self.min_new_tokens and self.eos_token_ids:
+        self.input_ids, self.step = input_ids, input_ids.shape[1] - self.prompt_length
+        if self.step < self.min_new_tokens and self.eos_token_ids:
             scores = scores.index_fill(1, self._eos_index, -float("inf"))  # a copy: the caller's scores stay
         for processor in self.chain:
             started = time.perf_counter()
@@ -142,7 +154,8 @@ class DecodeRun:
                 raise DecoderFault(f"{_who(processor)} raised {type(error).__name__}: {error}") from error
             finally:
                 self.busy = None
-            _check_scores(_who(processor), scores, result, time.perf_counter() - started)
+            # A step that polled `cancelled` and returned early was asked to: no fault for its time.
+            _check_scores(_who(processor), scores, result, 0.0 if self.cancelled else time.perf_counter() - started)
             scores = result
         if scores.shape[0] == 1:
             self.last_scores = scores
@@ -234,7 +247,7 @@ class Generation:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
         self.run = DecodeRun(model, ids.to(device), setup.chain, generator, max_new_tokens, min_new_tokens,
-                             eos_ids(model, tokenizer) | {int(i) for i in stop_token_ids})
+                             eos_ids(model, tokenizer) | {int(i) for i in stop_token_ids}, self._cancel)
 
     def cancel(self) -> None:
         """Stop after the current token; safe to call from any thread."""
@@ -256,12 +269,16 @@ class Generation:
         token_ids: list[int] = []
         reason = "length"
         started = time.perf_counter()
+        self._start_decoders()
         searches = self.setup.selector.search(run)
         try:
             while True:
                 with torch.inference_mode():  # only around the model's work: the caller's code runs outside it
                     try:
                         hypothesis = next(searches, None)
+                    except Cancelled:
+                        reason = "cancelled"
+                        break
                     except BardtermError:
                         raise
                     except Exception as error:  # a selector plugin's bug ends this generation, not the program
@@ -298,6 +315,17 @@ class Generation:
         self.result = Result(decoder.text, token_ids, reason, stats, self.notices, infos)
         yield Update(decoder.text, len(decoder.text), list(token_ids), stats)
 
+    def _start_decoders(self) -> None:
+        """Hand every decoder this run and let it reset what it keeps between steps (`Decoder.start`)."""
+        for decoder in self.setup.decoders():
+            decoder.run = self.run
+            try:
+                decoder.start(self.run)
+            except BardtermError:
+                raise
+            except Exception as error:
+                raise DecoderFault(f"{_who(decoder)} raised {type(error).__name__} in start: {error}") from error
+
     def _advance(self, decoder: IncrementalDecoder, previous: list[int], hypothesis: Hypothesis):
         tokens = hypothesis.token_ids
         info = None
@@ -312,7 +340,8 @@ class Generation:
     def _inspect_afterwards(self, token_ids: list[int]) -> list[TokenInfo]:
         """Inspector entries for the final text, from one forward pass over it and the chain at each position,
         for searches whose steps do not match it token for token. The chain gets what the selector gives it."""
-        run, prompt_len = self.run, self.run.prompt_ids.shape[1]
+        run, prompt_len = self.run, self.run.prompt_length
+        run._cancel = threading.Event()  # the generation has ended: a cancel then must not stop this look back
         ids = torch.cat([run.prompt_ids, torch.tensor([token_ids], device=run.prompt_ids.device)], dim=1)
         with torch.inference_mode():
             logits = self.setup.selector.chain_input(self.model(input_ids=ids).logits[0, prompt_len - 1:-1].float())

@@ -39,8 +39,9 @@ def add_plugin_argument(parser: argparse.ArgumentParser, top_level: bool = False
 
 def add_parsers(subparsers) -> None:
     generate = subparsers.add_parser(
-        "generate", help="stream a continuation of PROMPT to stdout",
+        "generate", help="stream a continuation of PROMPT to stdout", add_help=False,
         description="Stream a continuation of PROMPT. Every decoder parameter is a flag: see `bardterm decoders`.")
+    generate.add_argument("-h", "--help", action=_HelpWithDecoderFlags, help="show this help and every decoder flag")
     generate.add_argument("prompt", metavar="PROMPT", help="the text to continue; - reads it from stdin")
     add_model_arguments(generate)
     add_plugin_argument(generate)
@@ -84,15 +85,29 @@ def warn(message: str) -> None:
 
 
 def decoder_flag_parser(registry) -> argparse.ArgumentParser:
-    """One flag per declared parameter: `--top-p`, or `--DECODER-PARAM` where two decoders share a name."""
-    parser = argparse.ArgumentParser(prog="bardterm generate", add_help=False)
+    """One flag per parameter name (`--top-p`), which goes to the decoder in the setup that declares it, and
+    one per decoder and parameter (`--contrastive.top-k`), which always works; the second is listed in help
+    only where two decoders share the name."""
+    from bardterm.registry import qualified_flag
+
+    parser = argparse.ArgumentParser(prog="bardterm generate", add_help=False, allow_abbrev=False)
+    group = parser.add_argument_group("decoder flags (DECODER.PARAM is one decoder's parameter; more in "
+                                      "`bardterm decoders`)")
     for name, owners in registry.params().items():
+        bare = "--" + name.replace("_", "-")
+        flags = {"action": argparse.BooleanOptionalAction} if all(p.type is bool for _, p in owners) else {"metavar": "VALUE"}
+        if len(owners) == 1:
+            owner, param = owners[0]
+            about = f"{param.help} [{owner}; {param.allowed()}; default {param.default}]"
+        else:
+            about = f"declared by {', '.join(owner for owner, _ in owners)}: the one in the setup (else qualify it)"
+        group.add_argument(bare, dest=name, default=None, help=about, **flags)
         for owner, param in owners:
-            flag = param.flag if len(owners) == 1 else f"--{owner}-{name}".replace("_", "-")
+            qualified = [qualified_flag(owner, name), *(f"--{o}.{n}" for o in {owner, owner.replace("_", "-")}
+                                                        for n in {name, name.replace("_", "-")})]
             kwargs = {"action": argparse.BooleanOptionalAction} if param.type is bool else {"metavar": "VALUE"}
-            parser.add_argument(flag, dest=f"{owner}.{name}", default=None,
-                                help=f"{param.help} [{owner}; {param.allowed()}; default {param.default}]",
-                                **kwargs)
+            shown = f"{param.help} [{param.allowed()}; default {param.default}]" if len(owners) > 1 else argparse.SUPPRESS
+            group.add_argument(*dict.fromkeys(qualified), dest=f"{owner}.{name}", default=None, help=shown, **kwargs)
     return parser
 
 
@@ -106,16 +121,33 @@ def decoder_settings(registry, extra: list[str]) -> dict:
     return {key: value for key, value in vars(values).items() if value is not None}
 
 
+class _HelpWithDecoderFlags(argparse.Action):
+    """`generate --help`: the usual help, then every decoder flag of the decoders loaded (built-ins, installed
+    plugins, and any --plugin given before --help)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from bardterm.registry import get_registry
+
+        parser.print_help()
+        load_requested_plugins(namespace)
+        flags = decoder_flag_parser(get_registry())
+        flags.usage = argparse.SUPPRESS
+        print("\n" + flags.format_help().strip())
+        parser.exit()
+
+
 def run_generate(args) -> int:
     from bardterm.registry import build, get_registry
 
     load_requested_plugins(args)
     registry = get_registry()
-    for problem in registry.problems:
+    for problem in registry.warnings():
         warn(problem)
     settings = decoder_settings(registry, args.extra)
-    chain = [name.strip() for name in args.chain.split(",") if name.strip()] if args.chain is not None else None
-    setup, args.max_new_tokens = _with_config(args, registry, chain, settings)
+    setup, args.max_new_tokens = _with_config(args, registry, args.chain, settings)
     if args.max_new_tokens < 1:
         raise BardtermError(f"invalid --max-new-tokens {args.max_new_tokens}: must be at least 1")
     if not 0 <= args.min_new_tokens <= args.max_new_tokens:
@@ -174,6 +206,11 @@ def _stream(generation) -> int:
                 out.write(sanitize(update.text[printed:update.committed]))
                 out.flush()
                 printed = update.committed
+    except BardtermError:
+        if printed:  # end the streamed line, so that the error starts on its own
+            out.write("\n")
+            out.flush()
+        raise
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()
@@ -223,7 +260,8 @@ def run_decoders(args) -> int:
     kinds = {"selector": 0, "processor": 1}
     for name, cls in sorted(registry.decoders.items(), key=lambda item: (kinds[item[1].kind], item[1].order
                                                                          if item[1].kind == "processor" else 0)):
-        params = "\n".join(f"{p.flag}: {p.allowed()}, default {p.default}\n  {p.help}" for p in cls.params)
+        params = "\n".join(f"{_flag(registry, name, p)}: {p.allowed()}, default {p.default}\n  {p.help}"
+                           for p in cls.params)
         if getattr(cls, "defaults", None):
             params += "\n" * bool(params) + "by name, runs with " + ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
         table.add_row(f"[bold]{name}[/]\n{cls.help}", cls.kind, registry.plugin_of[name], params or "-")
@@ -238,9 +276,17 @@ def run_decoders(args) -> int:
     console.print(presets)
     console.print("Processors apply in the order given by --chain, or by default: repetition_penalty, temperature, "
                   "top_k, top_p, then plugin processors. Setting a processor's parameter adds it to the chain.")
-    for problem in registry.problems:
+    for problem in registry.warnings():
         warn(problem)
     return 0
+
+
+def _flag(registry, decoder: str, param) -> str:
+    """`--top-p`, or `--top-k / --contrastive.top-k` where other decoders declare the same name."""
+    shared = len(registry.params()[param.name]) > 1
+    from bardterm.registry import qualified_flag
+
+    return param.flag + (f" / {qualified_flag(decoder, param.name)}" if shared else "")
 
 
 def run_plugins(args) -> int:
@@ -260,6 +306,6 @@ def run_plugins(args) -> int:
         registers = ", ".join(sorted(n for n, owner in registry.plugin_of.items() if owner == name))
         table.add_row(name, plugins.plugin_version(name), hooks, registers or "-")
     Console().print(table)
-    for problem in registry.problems:
+    for problem in registry.warnings():
         warn(problem)
     return 0

@@ -1,13 +1,17 @@
-"""The plugin contract. A plugin is a module with functions marked `@bardterm.hookimpl`.
+"""The plugin hooks. A plugin is a module with functions marked `@bardterm.hookimpl`.
 
 The built-in decoders register through these same hooks (see `bardterm/decoders/`).
 """
 
 import pluggy
 
-API_VERSION = 1
-"""Bumped when the hooks or the Decoder interface change incompatibly. A plugin may declare the version it
-was written for as a module attribute `bardterm_api = 1`; a different version is refused."""
+API_VERSION = 2
+"""Bumped when the hooks or the interface (`bardterm.interface`) change incompatibly. A plugin may declare the
+version it was written for as a module attribute `bardterm_api = 2`; one not in `SUPPORTED_API_VERSIONS` is
+refused. Version 2 added the run context, qualified parameter names and the documented cache; version 1
+plugins run unchanged (see plugins/README.md, "What changed in API 2")."""
+
+SUPPORTED_API_VERSIONS = (1, 2)
 
 hookspec = pluggy.HookspecMarker("bardterm")
 hookimpl = pluggy.HookimplMarker("bardterm")

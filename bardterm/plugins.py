@@ -24,6 +24,7 @@ pm = pluggy.PluginManager("bardterm")
 pm.add_hookspecs(hookspecs)
 
 load_failures: list[str] = []
+left_out: list[str] = []  # installed plugins that BARDTERM_LOAD_PLUGINS did not choose
 _loaded = False
 
 
@@ -39,7 +40,10 @@ def load_plugins() -> None:
     wanted = None if chosen is None else {name.strip() for name in chosen.split(",") if name.strip()}
     installed = importlib.metadata.entry_points(group="bardterm")
     for entry_point in installed:
-        if (wanted is not None and entry_point.name not in wanted) or pm.has_plugin(entry_point.name):
+        if wanted is not None and entry_point.name not in wanted:
+            left_out.append(entry_point.name)
+            continue
+        if pm.has_plugin(entry_point.name):
             continue
         try:
             register_module(entry_point.load(), entry_point.name)
@@ -55,10 +59,11 @@ def load_plugins() -> None:
 def register_module(module, name: str) -> None:
     """Register a plugin module after checking the API version it declares and the hooks it implements."""
     declared = getattr(module, "bardterm_api", hookspecs.API_VERSION)
-    if declared != hookspecs.API_VERSION:
+    if declared not in hookspecs.SUPPORTED_API_VERSIONS:
+        supported = " and ".join(str(v) for v in hookspecs.SUPPORTED_API_VERSIONS)
         raise BardtermError(
-            f"plugin {name!r} was written for bardterm plugin API {declared}, but this bardterm has API "
-            f"{hookspecs.API_VERSION}: upgrade the plugin or bardterm"
+            f"plugin {name!r} was written for bardterm plugin API {declared}, but this bardterm supports API "
+            f"{supported}: upgrade the plugin or bardterm"
         )
     _check_hooks(module, name)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bardterm.decoders.base import Decoder, Processor, Selector
+from bardterm.interface import Decoder, DecoderSetup, Processor, Selector
 from bardterm.errors import BardtermError
 from bardterm.params import InvalidParameter, Param
 from bardterm.plugins import load_plugins, pm
@@ -31,6 +31,11 @@ class Registry:
     presets: dict[str, Preset] = field(default_factory=dict)
     plugin_of: dict[str, str] = field(default_factory=dict)  # decoder or preset name -> plugin name
     problems: list[str] = field(default_factory=list)  # plugin faults found while registering
+    clashes: list[str] = field(default_factory=list)  # parameter names that decoders of two plugins both declare
+
+    def warnings(self) -> list[str]:
+        """What to tell the user once, when the plugins have loaded: faults, then name clashes."""
+        return self.problems + self.clashes
 
     def built_ins(self) -> list[str]:
         """The decoders and presets bardterm itself registers (not those of plugins)."""
@@ -60,7 +65,26 @@ def get_registry() -> Registry:
             for impl in hook.get_hookimpls():
                 if impl.plugin is module:
                     _call_hook(registry, plugin, impl.function, _registrar(registry, hook.name, plugin))
+    registry.clashes = _clashes(registry)
     return registry
+
+
+def _clashes(registry: Registry) -> list[str]:
+    """One line per parameter name that decoders from different plugins declare. It breaks nothing (a bare name
+    goes to the decoder in the setup), but where both are in one setup the user must qualify it."""
+    from bardterm.decoders import BUILTIN_MODULES
+
+    def source(decoder: str) -> str:
+        plugin = registry.plugin_of[decoder]
+        return "built-in" if plugin in BUILTIN_MODULES else f"plugin {plugin!r}"
+
+    lines = []
+    for name, owners in registry.params().items():
+        if len({source(owner) for owner, _ in owners}) > 1:
+            who = " and ".join(f"decoder {owner!r} ({source(owner)})" for owner, _ in owners)
+            choices = " or ".join(f"{owner}.{name}" for owner, _ in owners)
+            lines.append(f"parameter {name!r} is declared by {who}: where both are in one setup, say {choices}")
+    return lines
 
 
 def _registrar(registry: Registry, hook: str, plugin: str):
@@ -114,62 +138,51 @@ def _add_preset(registry: Registry, preset: Preset) -> None:
     registry.plugin_of[preset.name] = preset.plugin
 
 
-@dataclass
-class DecoderSetup:
-    """One selector and the processor chain it selects from."""
-
-    selector: Selector
-    chain: list[Processor]
-
-    def describe(self) -> str:
-        steps = [f"{p.name}({', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in p.settings().values())})"
-                 for p in self.chain]
-        selector = self.selector.name
-        if self.selector.params:
-            selector += "(" + ", ".join(f"{k}={v}" for k, v in self.selector.settings().items()) + ")"
-        return " → ".join(steps + [selector])
-
-
-def build(decoder: str | None = None, chain: list[str] | None = None, registry: Registry | None = None,
+def build(decoder: str | None = None, chain: list[str] | str | None = None, registry: Registry | None = None,
           **settings) -> DecoderSetup:
     """Resolve a decoder (a selector, a processor, or a preset) and settings into a validated setup.
 
-    `settings` are parameter names (`top_p=0.8`), or `decoder.param` where two decoders share a name. A
-    processor joins the chain when any of its parameters is set; `chain` fixes the order explicitly.
+    `settings` are parameter names: qualified (`top_p.top_p=0.8`, or `**{"contrastive.top_k": 4}`) or bare
+    (`top_p=0.8`), which `resolve_setting` gives to the one decoder in this setup that declares it. A processor
+    joins the chain when any of its parameters is set; `chain` (a list, or "a,b,c") fixes the order explicitly.
     """
     registry = registry or get_registry()
+    if isinstance(chain, str):
+        chain = [name.strip() for name in chain.split(",") if name.strip()]
     if decoder is None:
         decoder = _implied_selector(registry, settings) or DEFAULT_DECODER
     base_chain: list[str] = []
+    given = cls_defaults = {}  # what the decoder's name brings: a preset's settings or a selector's defaults
     if decoder in registry.presets:
         preset = registry.presets[decoder]
-        selector_name, settings = preset.decoder, {**preset.settings, **settings}
+        selector_name, given = preset.decoder, preset.settings
     elif decoder in registry.decoders:
         cls = registry.decoders[decoder]
         selector_name = decoder if cls.kind == "selector" else "sample"
         base_chain = [] if cls.kind == "selector" else [decoder]
-        if cls.kind == "selector" and cls.defaults:
-            defaults = cls.defaults
-            if chain is not None:  # an explicit chain leaves out the default processors it does not name
-                defaults = {k: v for k, v in defaults.items()
-                            if _resolve_setting(registry, k)[0] in (selector_name, *chain)}
-            settings = {**defaults, **settings}
+        given = cls_defaults = dict(cls.defaults) if cls.kind == "selector" else {}
     else:
         raise BardtermError(f"unknown decoder {decoder!r}: run `bardterm decoders` to list them "
-                            f"({', '.join(sorted([*registry.presets, *registry.decoders]))})")
+                            f"({', '.join(sorted([*registry.presets, *registry.decoders]))})" + _left_out_hint())
     if selector_name not in registry.decoders or registry.decoders[selector_name].kind != "selector":
         raise BardtermError(f"preset {decoder!r} names selector {selector_name!r}, which is not registered")
-
-    values: dict[str, dict] = {}
-    for key, value in settings.items():
-        owner, param = _resolve_setting(registry, key)
-        values.setdefault(owner, {})[param] = value
-
     if chain is not None:
         for name in chain:
             if registry.decoders.get(name) is None or registry.decoders[name].kind != "processor":
                 processors = ", ".join(n for n, c in registry.decoders.items() if c.kind == "processor")
                 raise BardtermError(f"--chain: {name!r} is not a processor (processors: {processors})")
+
+    # The preset's or defaults' settings first, then the caller's, which win; each name goes to its decoder.
+    in_setup = {selector_name, *base_chain, *(chain or [])}
+    values: dict[str, dict] = {}
+    for layer in (given, settings):
+        for (owner, param), value in _resolve_all(registry, layer, selector_name, in_setup).items():
+            if layer is cls_defaults and chain is not None and owner not in (selector_name, *chain):
+                continue  # an explicit chain leaves out the default processors it does not name
+            in_setup.add(owner)
+            values.setdefault(owner, {})[param] = value
+
+    if chain is not None:
         order = list(dict.fromkeys(chain))
     else:
         wanted = set(base_chain) | {name for name in values if registry.decoders[name].kind == "processor"}
@@ -190,24 +203,68 @@ def build(decoder: str | None = None, chain: list[str] | None = None, registry: 
     return DecoderSetup(selector, processors)
 
 
-def _implied_selector(registry: Registry, settings: dict) -> str | None:
-    """`--num-beams 4` alone means beam search: a setting that only one selector declares picks it."""
-    owners = {_resolve_setting(registry, key)[0] for key in settings}
-    selectors = [name for name in owners if registry.decoders[name].kind == "selector"]
-    return selectors[0] if len(selectors) == 1 else None
+def resolve_setting(registry: Registry, key: str, selector: str, in_setup: set[str]) -> tuple[str, str]:
+    """Which decoder's parameter `key` means, as (decoder, parameter), in a setup of `selector` and `in_setup`.
 
-
-def _resolve_setting(registry: Registry, key: str) -> tuple[str, str]:
+    A qualified name (`eta.epsilon`) always means that decoder's. A bare name means the one decoder that declares
+    it; where several do, the one in the setup; where none of those is, the one processor among them (a selector
+    other than this setup's cannot take it). Otherwise it is ambiguous, and refused with the qualified choices.
+    """
     if "." in key:
         owner, param = key.split(".", 1)
         cls = registry.decoders.get(owner)
         if cls is None or param not in {p.name for p in cls.params}:
             raise InvalidParameter(f"unknown parameter {key!r}: run `bardterm decoders` to list them")
         return owner, param
-    owners = registry.params().get(key, [])
+    owners = [owner for owner, _ in registry.params().get(key, [])]
     if not owners:
         raise InvalidParameter(f"unknown parameter {key!r}: run `bardterm decoders` to list them")
-    if len(owners) > 1:
-        choices = " or ".join(f"{owner}.{key}" for owner, _ in owners)
-        raise InvalidParameter(f"parameter {key!r} is declared by several decoders: say {choices}")
-    return owners[0][0], key
+    if len(owners) == 1:
+        return owners[0], key
+    candidates = [owner for owner in owners if owner in in_setup or owner == selector]
+    if not candidates:
+        candidates = [owner for owner in owners if registry.decoders[owner].kind == "processor"]
+    if len(candidates) == 1:
+        return candidates[0], key
+    choices = candidates or owners
+    raise InvalidParameter(f"parameter {key!r} could be that of {' or '.join(choices)}: say "
+                           + " or ".join(f"{owner}.{key}" for owner in choices) + " (on the command line "
+                           + " or ".join(qualified_flag(owner, key) for owner in choices) + ")")
+
+
+def qualified_flag(decoder: str, param: str) -> str:
+    """`--contrastive.top-k`: the command-line flag for one decoder's parameter."""
+    return f"--{decoder}.{param.replace('_', '-')}"
+
+
+def _resolve_all(registry: Registry, settings: dict, selector: str, in_setup: set[str]) -> dict:
+    """`{(decoder, param): value}` for `settings`. Names that are qualified or declared once go first: the
+    processors they bring into the setup can settle a bare name that several decoders declare."""
+    resolved, in_setup = {}, set(in_setup)
+    plain = [key for key in settings if "." in key or len(registry.params().get(key, [])) <= 1]
+    for key in plain + [key for key in settings if key not in plain]:
+        owner, param = resolve_setting(registry, key, selector, in_setup)
+        in_setup.add(owner)
+        resolved[owner, param] = settings[key]
+    return resolved
+
+
+def _implied_selector(registry: Registry, settings: dict) -> str | None:
+    """`--num-beams 4` alone means beam search: a setting that only a selector can own picks it."""
+    implied = set()
+    for key in settings:
+        owners = [key.split(".", 1)[0]] if "." in key else [o for o, _ in registry.params().get(key, [])]
+        kinds = {registry.decoders[o].kind for o in owners if o in registry.decoders}
+        if kinds == {"selector"} and len(owners) == 1:
+            implied.add(owners[0])
+    return implied.pop() if len(implied) == 1 else None
+
+
+def _left_out_hint() -> str:
+    """For an unknown decoder: the installed plugins BARDTERM_LOAD_PLUGINS left out, which may declare it."""
+    from bardterm.plugins import left_out
+
+    if not left_out:
+        return ""
+    return (f"; BARDTERM_LOAD_PLUGINS left out installed plugins {', '.join(sorted(left_out))}: add the one "
+            "that declares it")

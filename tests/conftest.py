@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random-weight models and checkpoints built on the spot, nothing downloaded."""
+"""Shared fixtures: tiny random-weight models and checkpoints built on the spot, nothing downloaded.
+
+The tiny tokenizer and GPT-2 come from `bardterm.testing` (a pytest plugin every installed bardterm brings),
+which the example plugins' tests use too; here they also go by their short names.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bardterm.testing import TEXT, make_gpt2, make_llama, make_tokenizer  # noqa: F401 (tests import them from here)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "tiny_shakespeare" / "input.txt"
-
-TEXT = (
-    "To be, or not to be, that is the question:\n"
-    "Whether 'tis nobler in the mind to suffer\n"
-    "ROMEO:\nBut, soft! what light through yonder window breaks?\n"
-    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
-    "Ünïcödé and emoji 🎭 so multi-byte characters split across tokens.\n"
-)
 
 
 def tiny_train_args(data, out, *extra) -> list[str]:
@@ -42,43 +40,6 @@ def train_plain_and_with(tmp_path, text: str, *option: str):
     return plain, changed, json.loads((tmp_path / "option" / "bardterm.json").read_text())
 
 
-def make_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer (GPT-2 style) trained on TEXT, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([TEXT] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")
-
-
-def make_gpt2(tokenizer, seed: int = 0, n_positions: int = 128, n_embd: int = 32, n_layer: int = 2):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=2, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return GPT2LMHeadModel(config).eval()
-
-
-def make_llama(tokenizer, seed: int = 0):
-    """A model of another architecture (Llama: rotary positions, RMSNorm, gated MLP)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models run faster on one torch thread, and much faster than on two on a CPU shared with other jobs."""
@@ -97,13 +58,14 @@ def no_user_settings(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    return make_tokenizer()
+def tokenizer(tiny_tokenizer):
+    """`bardterm.testing`'s tiny tokenizer, by its short name."""
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
-def gpt2(tokenizer):
-    return make_gpt2(tokenizer)
+def gpt2(tiny_gpt2):
+    return tiny_gpt2
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ def test_generate_json_has_text_tokens_and_stats(capsys, tiny_checkpoint):
     assert code == 0
     data = json.loads(out)
     assert len(data["token_ids"]) == data["stats"]["tokens"] == 9
-    assert data["decoder"] == "top_k(5) → sample"
+    assert data["decoder"] == "top_k=5 → sample"
     assert data["stats"]["tokens_per_s"] > 0 and data["stats"]["ttft_s"] is not None
     again = json.loads(run(capsys, "generate", "ROMEO:", "--checkpoint", str(tiny_checkpoint), "--json",
                            "--decoder", "sample", "--seed", "7", "--top-k", "5", "--max-new-tokens", "9")[1])

@@ -59,7 +59,7 @@ def test_no_repeat_ngram_rules_out_the_token_that_would_repeat_a_run():
 def test_an_explicit_chain_sets_the_order():
     setup = build("sample", chain=["top_p", "temperature"], top_p=0.9, temperature=0.8)
     assert [p.name for p in setup.chain] == ["top_p", "temperature"]
-    assert setup.describe() == "top_p(0.9) → temperature(0.8) → sample"
+    assert setup.describe() == "top_p=0.9 → temperature=0.8 → sample"
 
 
 def test_a_preset_gives_its_settings_and_flags_win():
@@ -78,7 +78,7 @@ def test_a_processor_named_as_the_decoder_samples_through_it():
 def test_beam_parameters_reach_the_selector():
     setup = build("beam", num_beams=6, length_penalty=0.5, early_stopping="true")
     assert setup.selector.settings() == {"num_beams": 6, "length_penalty": 0.5, "early_stopping": True}
-    assert setup.describe() == ("repetition_penalty(1.2) → no_repeat_ngram(6) → "
+    assert setup.describe() == ("repetition_penalty=1.2 → no_repeat_ngram(no_repeat_ngram_size=6) → "
                                 "beam(num_beams=6, length_penalty=0.5, early_stopping=True)")
 
 

@@ -59,6 +59,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(registry, "pm", manager)
     monkeypatch.setattr(plugins, "_loaded", False)
     monkeypatch.setattr(plugins, "load_failures", [])
+    monkeypatch.setattr(plugins, "left_out", [])
     monkeypatch.delenv("BARDTERM_LOAD_PLUGINS", raising=False)
     monkeypatch.setenv("COLUMNS", "200")  # rich tables on one line per row
     return manager
@@ -203,6 +204,16 @@ def test_load_plugins_env_names_a_plugin_that_is_not_installed(fresh, install, m
     assert "nudge" in plugins.load_failures[0].split("installed:")[1]
 
 
+def test_a_decoder_of_a_plugin_left_out_by_load_plugins_env_says_so(fresh, install, monkeypatch):
+    install("nudge", plugin_source("nudge_zero"))
+    monkeypatch.setenv("BARDTERM_LOAD_PLUGINS", "")
+    with pytest.raises(BardtermError) as refused:
+        build("nudge_zero")
+    assert "unknown decoder 'nudge_zero'" in str(refused.value)
+    left_out = str(refused.value).split("BARDTERM_LOAD_PLUGINS left out installed plugins ")[1]
+    assert "nudge" in left_out.split(":")[0].split(", ")
+
+
 def test_empty_load_plugins_env_in_a_fresh_process(examples_installed):
     listing = subprocess.run([sys.executable, "-m", "bardterm", "plugins"], capture_output=True, text=True,
                              env={**os.environ, "BARDTERM_LOAD_PLUGINS": "", "COLUMNS": "200"}, timeout=300)
@@ -213,21 +224,23 @@ def test_empty_load_plugins_env_in_a_fresh_process(examples_installed):
 
 
 def test_a_plugin_for_another_api_version_is_refused_with_one_line(fresh, install, capsys):
-    install("future", plugin_source("from_the_future", header="bardterm_api = 2"))
+    install("future", plugin_source("from_the_future", header="bardterm_api = 3"))
     install("nudge", plugin_source("nudge_zero"))
     found = get_registry()
     assert "from_the_future" not in found.decoders and not fresh.has_plugin("future")
     assert plugins.load_failures == [
-        f"plugin 'future' was written for bardterm plugin API 2, but this bardterm has API "
-        f"{hookspecs.API_VERSION}: upgrade the plugin or bardterm"]
+        "plugin 'future' was written for bardterm plugin API 3, but this bardterm supports API 1 and 2: "
+        "upgrade the plugin or bardterm"]
     assert "nudge_zero" in found.decoders  # the others load regardless
     code, _, err = run(capsys, "decoders")
     assert code == 0
     assert [line for line in err.splitlines() if "future" in line] == [f"bardterm: warning: {plugins.load_failures[0]}"]
 
 
-def test_a_plugin_declaring_this_api_version_loads(fresh, install):
-    install("current", plugin_source("current_zero", header=f"bardterm_api = {hookspecs.API_VERSION}"))
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_plugin_declaring_a_supported_api_version_loads(fresh, install, version):
+    assert hookspecs.API_VERSION == 2
+    install("current", plugin_source("current_zero", header=f"bardterm_api = {version}"))
     assert get_registry().plugin_of["current_zero"] == "current"
 
 
@@ -282,8 +295,8 @@ def test_plugin_file_for_another_api_version_is_refused(fresh, tmp_path, capsys)
     path.write_text(plugin_source("old_zero", header="bardterm_api = 0"))
     code, _, err = run(capsys, "generate", "hi", "--plugin", path, "--decoder", "old_zero")
     assert code == 2
-    assert err.strip() == (f"bardterm: error: plugin 'old' was written for bardterm plugin API 0, but this "
-                           f"bardterm has API {hookspecs.API_VERSION}: upgrade the plugin or bardterm")
+    assert err.strip() == ("bardterm: error: plugin 'old' was written for bardterm plugin API 0, but this "
+                           "bardterm supports API 1 and 2: upgrade the plugin or bardterm")
 
 
 def test_the_plugin_guide_example_works_as_written(fresh, tmp_path, tiny_checkpoint, capsys):

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from bardterm import engine, plugins
+from bardterm import engine
 from bardterm.cli import main
 from bardterm.decoders.base import Processor, Selector
 from bardterm.engine import DecoderFault, Generation, generate
@@ -78,10 +78,9 @@ class OutOfVocabulary(Selector):
 
 
 @pytest.fixture
-def faulty_plugin(monkeypatch):
-    """Register a plugin of faulty decoders for one test, unregister it after (as simonw/llm's tests do)."""
+def faulty_plugin(monkeypatch, register_plugin):
+    """A plugin of faulty decoders, registered for one test (`register_plugin`, from `bardterm.testing`)."""
     monkeypatch.setattr(engine, "SLOW_STEP_S", 0.1)  # ample for a step on a tiny model
-    plugins.load_plugins()
     module = types.ModuleType(PLUGIN)
     classes = {name: faulty(name, fault) for name, (fault, _) in FAULTS.items()}
 
@@ -91,9 +90,8 @@ def faulty_plugin(monkeypatch):
             register(cls)
 
     module.register_decoders = register_decoders
-    plugins.register_module(module, PLUGIN)
-    yield classes
-    plugins.pm.unregister(name=PLUGIN)
+    register_plugin(module, PLUGIN)
+    return classes
 
 
 def run_cli(capsys, *argv):
@@ -113,6 +111,14 @@ def test_a_faulty_processor_stops_generation_with_one_line(faulty_plugin, capsys
     # every other decoder still works, in the same process, with the same model
     result = generate(gpt2, tokenizer, "ROMEO:", build("creative"), max_new_tokens=5, seed=0)
     assert len(result.token_ids) == 5
+
+
+def test_the_error_line_starts_on_a_line_of_its_own_after_streamed_text(faulty_plugin, capsys, tiny_checkpoint):
+    faulty_plugin["raises"].fine_steps = 3
+    code, out, err = run_cli(capsys, "generate", "ROMEO:", "--checkpoint", tiny_checkpoint, "--decoder", "raises",
+                             "--max-new-tokens", 8, "--seed", 1)
+    assert code == 2 and out.strip() and out.endswith("\n")  # "…sweet" then a newline, not "…sweetbardterm: error"
+    assert err.startswith("bardterm: error: decoder 'raises'")
 
 
 @pytest.mark.parametrize("name", FAULTS)

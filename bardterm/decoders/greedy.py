@@ -5,8 +5,8 @@ runs through CTRL's repetition penalty of 1.2 (Keskar et al., 2019, "penalized g
 gives the textbook algorithm, token for token what `generate(do_sample=False)` gives.
 """
 
+from bardterm import Selector, hookimpl
 from bardterm.decoders.base import Selector
-from bardterm.hookspecs import hookimpl
 
 
 class Greedy(Selector):

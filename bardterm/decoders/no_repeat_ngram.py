@@ -4,9 +4,8 @@ repetition penalty barely moves a likely token (it scales a log-probability near
 
 from transformers import NoRepeatNGramLogitsProcessor
 
+from bardterm import Param, TransformersProcessor, hookimpl
 from bardterm.decoders.base import TransformersProcessor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
 
 class NoRepeatNGram(TransformersProcessor):

@@ -2,8 +2,8 @@
 
 import torch
 
+from bardterm import Selector, hookimpl
 from bardterm.decoders.base import Selector
-from bardterm.hookspecs import hookimpl
 
 
 class Sample(Selector):

@@ -2,9 +2,8 @@
 
 from transformers import TemperatureLogitsWarper
 
+from bardterm import Param, TransformersProcessor, hookimpl
 from bardterm.decoders.base import TransformersProcessor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
 
 class Temperature(TransformersProcessor):

@@ -3,9 +3,8 @@ keep the smallest set of tokens whose probabilities add up to p."""
 
 from transformers import TopPLogitsWarper
 
+from bardterm import Param, TransformersProcessor, hookimpl
 from bardterm.decoders.base import TransformersProcessor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
 
 class TopP(TransformersProcessor):

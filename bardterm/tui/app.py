@@ -168,7 +168,7 @@ class BardtermApp(App):
         from bardterm.tui.settings import DecoderChoice
 
         self.host.registry = registry
-        for problem in [*load_failures, *registry.problems]:
+        for problem in [*load_failures, *registry.warnings()]:
             self.notify(problem, title="plugin problem", severity="warning", timeout=12)
         try:
             choice = DecoderChoice.from_name(registry, self.options.decoder or DEFAULT_DECODER, self.options.seed)

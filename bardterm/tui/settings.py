@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from bardterm.errors import BardtermError
 from bardterm.params import InvalidParameter
-from bardterm.registry import DecoderSetup, Registry, build
+from bardterm.registry import DecoderSetup, Registry, build, resolve_setting
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DecoderChoice:
 
         Returns the decoder that owns it. Raises InvalidParameter with a one-line reason.
         """
-        owner, param = resolve(registry, key)
+        owner, param = resolve(registry, key, self.selector, self.chain)
         declared = {p.name: p for p in registry.decoders[owner].params}[param]
         value = declared.validate(raw, owner=owner)
         cls = registry.decoders[owner]
@@ -99,20 +99,12 @@ class DecoderChoice:
         return text + (f" · seed {self.seed}" if self.seed is not None else "")
 
 
-def resolve(registry: Registry, key: str) -> tuple[str, str]:
-    """`top_p` or `top_p.top_p` to (owner, param); one line saying what exists when it is unknown."""
-    if "." in key:
-        owner, param = key.split(".", 1)
-        if owner in registry.decoders and param in {p.name for p in registry.decoders[owner].params}:
-            return owner, param
-    else:
-        owners = registry.params().get(key, [])
-        if len(owners) == 1:
-            return owners[0][0], key
-        if len(owners) > 1:
-            choices = " or ".join(f"{owner}.{key}" for owner, _ in owners)
-            raise InvalidParameter(f"parameter {key!r} is declared by several decoders: say {choices}")
-    raise InvalidParameter(f"unknown setting {key!r}: /help lists settings, F2 shows every decoder's parameters")
+def resolve(registry: Registry, key: str, selector: str, chain: list[str]) -> tuple[str, str]:
+    """`top_p` or `top_p.top_p` to (owner, param), as `build` resolves it in this setup; one line saying what
+    exists when it is unknown."""
+    if "." not in key and key not in registry.params():
+        raise InvalidParameter(f"unknown setting {key!r}: /help lists settings, F2 shows every decoder's parameters")
+    return resolve_setting(registry, key, selector, {selector, *chain})
 
 
 def parse_seed(raw: str) -> int | None:

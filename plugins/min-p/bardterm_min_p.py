@@ -11,11 +11,10 @@ case, where a long tail shares the remaining few percent.
 
 import torch
 
+from bardterm import Param, Processor, hookimpl
 from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
-bardterm_api = 1  # the plugin API this was written for; bardterm refuses the plugin if its own differs
+bardterm_api = 2  # the plugin API this was written for; bardterm refuses versions it does not support
 
 
 class MinP(Processor):

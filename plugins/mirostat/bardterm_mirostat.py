@@ -12,11 +12,10 @@ times the error between the surprise it just observed and `tau`: a feedback loop
 
 import torch
 
+from bardterm import Param, Selector, hookimpl
 from bardterm.decoders.base import Selector
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
-bardterm_api = 1  # the plugin API this was written for; bardterm refuses the plugin if its own differs
+bardterm_api = 2  # the plugin API this was written for; bardterm refuses versions it does not support
 
 
 class Mirostat(Selector):
@@ -29,10 +28,9 @@ class Mirostat(Selector):
               max=1),
     )
 
-    def search(self, run):
+    def start(self, run):
         # mu starts at 2 * tau for every generation (the paper's and llama.cpp's choice), not once per setup.
         self.mu = None
-        yield from super().search(run)  # the standard KV-cached loop, which calls `choose` each step
 
     def choose(self, scores, generator):
         probs = torch.softmax(scores.float(), dim=-1)

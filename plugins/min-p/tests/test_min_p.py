@@ -7,50 +7,15 @@ from transformers import MinPLogitsWarper
 import bardterm_min_p
 from bardterm.engine import Generation
 from bardterm.params import InvalidParameter
-from bardterm.plugins import load_plugins, pm
-from bardterm.registry import build, get_registry
+from bardterm.plugins import pm
+from bardterm.registry import build
 
 
 @pytest.fixture
-def registry():
-    """The registry with this plugin in it, installed or not: register it for the test, unregister after
-    (the way simonw/llm's plugin tests do)."""
-    load_plugins()
-    installed = pm.is_registered(bardterm_min_p)
-    if not installed:
-        pm.register(bardterm_min_p, name="min_p")
-    try:
-        yield get_registry()
-    finally:
-        if not installed:
-            pm.unregister(name="min_p")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """A tiny byte-level BPE tokenizer trained on the spot: tests never download anything."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["ROMEO: But, soft! what light through yonder window breaks?\n"
-                             "JULIET: O Romeo, Romeo! wherefore art thou Romeo?\n"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
-@pytest.fixture(scope="module")
-def gpt2(tokenizer):
-    """A two-layer GPT-2 with random weights: enough to run the whole engine, in well under a second."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return GPT2LMHeadModel(config).eval()
+def registry(register_plugin):
+    """The registry with this plugin in it, installed or not (`register_plugin` is one of the fixtures that
+    `bardterm.testing` gives every test: the plugin is registered for this test only)."""
+    return register_plugin(bardterm_min_p, "min_p")
 
 
 def test_keeps_exactly_the_tokens_at_least_min_p_times_the_top_probability():
@@ -108,16 +73,16 @@ def test_refuses_an_invalid_min_p(registry, value):
         build("min_p", registry=registry, min_p=value)
 
 
-def test_generation_only_picks_tokens_min_p_allows_and_repeats_with_a_seed(registry, gpt2, tokenizer):
+def test_generation_only_picks_tokens_min_p_allows_and_repeats_with_a_seed(registry, tiny_gpt2, tiny_tokenizer):
     setup = build("min_p", registry=registry, min_p=0.9)
-    runs = [Generation(gpt2, tokenizer, "ROMEO:", setup, max_new_tokens=8, seed=3) for _ in range(2)]
+    runs = [Generation(tiny_gpt2, tiny_tokenizer, "ROMEO:", setup, max_new_tokens=8, seed=3) for _ in range(2)]
     for run in runs:
         list(run)
     tokens = runs[0].result.token_ids
     assert tokens == runs[1].result.token_ids
-    prompt = tokenizer("ROMEO:", return_tensors="pt")["input_ids"][0].tolist()
+    prompt = tiny_tokenizer("ROMEO:", return_tensors="pt")["input_ids"][0].tolist()
     with torch.no_grad():
         for step, token in enumerate(tokens):
-            logits = gpt2(torch.tensor([prompt + tokens[:step]])).logits[0, -1]
+            logits = tiny_gpt2(torch.tensor([prompt + tokens[:step]])).logits[0, -1]
             probs = torch.softmax(logits.float(), dim=-1)
             assert probs[token] >= 0.9 * probs.max() * (1 - 1e-5), f"step {step} picked a token min-p removes"

@@ -6,50 +6,15 @@ import torch
 import bardterm_mirostat
 from bardterm.engine import Generation
 from bardterm.params import InvalidParameter
-from bardterm.plugins import load_plugins, pm
-from bardterm.registry import build, get_registry
+from bardterm.plugins import pm
+from bardterm.registry import build
 
 
 @pytest.fixture
-def registry():
-    """The registry with this plugin in it, installed or not: register it for the test, unregister after
-    (the way simonw/llm's plugin tests do)."""
-    load_plugins()
-    installed = pm.is_registered(bardterm_mirostat)
-    if not installed:
-        pm.register(bardterm_mirostat, name="mirostat")
-    try:
-        yield get_registry()
-    finally:
-        if not installed:
-            pm.unregister(name="mirostat")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """A tiny byte-level BPE tokenizer trained on the spot: tests never download anything."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["ROMEO: But, soft! what light through yonder window breaks?\n"
-                             "JULIET: O Romeo, Romeo! wherefore art thou Romeo?\n"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
-@pytest.fixture(scope="module")
-def gpt2(tokenizer):
-    """A two-layer GPT-2 with random weights: enough to run the whole engine, in well under a second."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return GPT2LMHeadModel(config).eval()
+def registry(register_plugin):
+    """The registry with this plugin in it, installed or not (`register_plugin` is one of the fixtures that
+    `bardterm.testing` gives every test: the plugin is registered for this test only)."""
+    return register_plugin(bardterm_mirostat, "mirostat")
 
 
 def selector(mu=None, **values):
@@ -129,22 +94,22 @@ def test_selects_from_what_the_processor_chain_leaves(registry):
     assert (setup.selector.name, setup.selector.tau, [p.name for p in setup.chain]) == ("mirostat", 4.0, ["top_k"])
 
 
-def test_generation_repeats_with_a_seed_and_starts_each_run_afresh(registry, gpt2, tokenizer):
+def test_generation_repeats_with_a_seed_and_starts_each_run_afresh(registry, tiny_gpt2, tiny_tokenizer):
     setup = build("mirostat", registry=registry, tau=3.0)
 
-    first, second, other = (_run(gpt2, tokenizer, setup, seed) for seed in (5, 5, 6))
+    first, second, other = (_run(tiny_gpt2, tiny_tokenizer, setup, seed) for seed in (5, 5, 6))
     assert first == second  # the same setup again: mu starts from 2 * tau, not where the last run left it
     assert first != other
     assert len(first) == 12
 
 
-def test_generation_with_top_k_1_is_greedy(registry, gpt2, tokenizer):
-    greedy = _run(gpt2, tokenizer, build("greedy", registry=registry), seed=0)
-    assert _run(gpt2, tokenizer, build("mirostat", registry=registry, top_k=1), seed=0) == greedy
+def test_generation_with_top_k_1_is_greedy(registry, tiny_gpt2, tiny_tokenizer):
+    greedy = _run(tiny_gpt2, tiny_tokenizer, build("greedy", registry=registry), seed=0)
+    assert _run(tiny_gpt2, tiny_tokenizer, build("mirostat", registry=registry, top_k=1), seed=0) == greedy
 
 
-def _run(model, tokenizer, setup, seed):
-    generation = Generation(model, tokenizer, "JULIET:", setup, max_new_tokens=12, seed=seed)
+def _run(model, tiny_tokenizer, setup, seed):
+    generation = Generation(model, tiny_tokenizer, "JULIET:", setup, max_new_tokens=12, seed=seed)
     for _ in generation:
         pass
     return generation.result.token_ids
