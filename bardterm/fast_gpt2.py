@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
 
 from bardterm.kv_cache import PreallocatedLayer
+from bardterm.quantize import Int8Linear
 
 
 def gpt2_decode_step(model):
@@ -33,13 +34,15 @@ def gpt2_decode_step(model):
     blocks = [(_norm(block.ln_1), _conv(block.attn.c_attn), _conv(block.attn.c_proj), block.attn.scaling,
                _norm(block.ln_2), _conv(block.mlp.c_fc), block.mlp.act, _conv(block.mlp.c_proj))
               for block in transformer.h]
-    ln_f, wte, wpe, head = _norm(transformer.ln_f), transformer.wte.weight, transformer.wpe.weight, model.lm_head.weight
+    ln_f, wte, wpe, head = _norm(transformer.ln_f), transformer.wte, transformer.wpe.weight, model.lm_head
+    embed = (lambda ids: F.embedding(ids, wte.weight)) if type(wte) is torch.nn.Embedding else wte
+    project = (lambda x: F.linear(x, head.weight)) if type(head) is torch.nn.Linear else head
     positions = torch.arange(wpe.shape[0], device=wpe.device)
 
     def step(input_ids: torch.Tensor, cache) -> torch.Tensor:
         rows = input_ids.shape[0]
         seen = cache.get_seq_length()
-        hidden = F.embedding(input_ids, wte) + F.embedding(positions[seen:seen + 1].view(1, 1), wpe)
+        hidden = embed(input_ids) + F.embedding(positions[seen:seen + 1].view(1, 1), wpe)
         for index, (ln_1, c_attn, c_proj, scaling, ln_2, c_fc, act, mlp_proj) in enumerate(blocks):
             # One position: (rows, 1, 3 * width) is already (rows, 3, heads, 1, head_dim) in memory, so one view
             # gives the (rows, heads, 1, head_dim) queries, keys and values that split + transpose would.
@@ -51,7 +54,7 @@ def gpt2_decode_step(model):
             inner = _addmm(c_fc, _layer_norm(ln_2, hidden))
             inner = _new_gelu_(inner) if type(act) is NewGELUActivation else act(inner)
             hidden = hidden + _addmm(mlp_proj, inner)
-        return F.linear(_layer_norm(ln_f, hidden), head)[:, -1, :]
+        return project(_layer_norm(ln_f, hidden))[:, -1, :]
 
     return step
 
@@ -69,6 +72,8 @@ def _norm(norm):
 
 
 def _conv(conv):
+    if type(conv) is Int8Linear:  # weight-only int8 (quantize.py): its own kernel, called as a module
+        return conv
     return conv.bias, conv.weight, conv.nf
 
 
@@ -78,6 +83,8 @@ def _layer_norm(norm, x):
 
 
 def _addmm(conv, x):  # transformers' Conv1D: x @ weight + bias
+    if type(conv) is Int8Linear:
+        return conv(x)
     bias, weight, out = conv
     return torch.addmm(bias, x.view(-1, x.shape[-1]), weight).view(*x.shape[:-1], out)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from bardterm.errors import BardtermError
 from bardterm.lora import is_adapter_dir
+from bardterm.precision import apply as apply_precision
+from bardterm.precision import resolve as resolve_precision
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED_CHECKPOINT = CHECKPOINTS_DIR / "shakespeare"
@@ -23,7 +25,9 @@ class LoadedModel:
     tokenizer: object
     path: Path
     device: str
-    dtype: str
+    dtype: str  # float32, bfloat16, float16 or int8 (see precision.py)
+    dtype_label: str = ""  # for the status line: "int8 (auto)" when --dtype auto chose it
+    dtype_note: str = ""  # why auto chose it, or that the precision asked for is not native here
 
 
 def default_device() -> str:
@@ -39,11 +43,9 @@ def default_device() -> str:
 
 def default_dtype(device: str) -> str:
     """bf16 where the GPU supports it, else fp32."""
-    import torch
+    from bardterm.precision import resolve
 
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
+    return resolve(None, device).name
 
 
 def default_checkpoint() -> Path:
@@ -145,10 +147,8 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         raise BardtermError(f"{path} needs its own Python code to load (auto_map in config.json): pass "
                             "--trust-remote-code only if you trust its author")
     device = device or default_device()
-    dtype = dtype or default_dtype(device)
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise BardtermError(f"invalid dtype {dtype!r}: use float32, bfloat16 or float16")
+    precision = resolve_precision(dtype, device)  # checks the name before anything slow
+    torch_dtype = getattr(torch, precision.load_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -165,7 +165,8 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
     except (RuntimeError, AssertionError) as error:
         raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
     model.eval()
-    return LoadedModel(model, tokenizer, path, device, dtype)
+    apply_precision(model, precision)
+    return LoadedModel(model, tokenizer, path, device, precision.name, precision.label, precision.note)
 
 
 def load_adapter_checkpoint(path: str | Path, device: str | None = None, dtype: str | None = None,
@@ -176,7 +177,10 @@ def load_adapter_checkpoint(path: str | Path, device: str | None = None, dtype: 
     from bardterm import lora
 
     path = Path(path).expanduser()
-    base = load_checkpoint(resolve_checkpoint(lora.adapter_base(path)), device, dtype, allow_pickle, trust_remote_code)
+    precision = resolve_precision(dtype, device or default_device())  # int8: quantized after the merge
+    base = load_checkpoint(resolve_checkpoint(lora.adapter_base(path)), device, precision.load_dtype, allow_pickle,
+                           trust_remote_code)
     model = lora.attach(base.model, path).eval()
+    apply_precision(model, precision)
     tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
-    return LoadedModel(model, tokenizer, path, base.device, base.dtype)
+    return LoadedModel(model, tokenizer, path, base.device, precision.name, precision.label, precision.note)

@@ -289,9 +289,9 @@ def load_resume(run_dir: Path, model, optimizer, *, average=None, rank: int = 0)
 # ------------------------------------------------------------------------------------------------ load
 
 
-def load_model(path, device=None):
-    """(model, tokenizer) from a checkpoint directory, through the project's safe loader, in fp32."""
+def load_model(path, device=None, dtype="float32"):
+    """(model, tokenizer) from a checkpoint directory, through the project's safe loader, in fp32 unless asked."""
     from bardterm.models import load_checkpoint
 
-    loaded = load_checkpoint(path, device=device or "cpu", dtype="float32")
+    loaded = load_checkpoint(path, device=device or "cpu", dtype=dtype)
     return loaded.model, loaded.tokenizer

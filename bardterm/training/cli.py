@@ -48,6 +48,8 @@ def add_parsers(subparsers) -> None:
     ev.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: non-overlapping windows)")
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     ev.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    ev.add_argument("--dtype", default="float32", help="precision to evaluate in: float32 (default), bfloat16, "
+                    "float16, int8 or auto, to measure what a precision costs in nats/char")
     ev.add_argument("--worst", type=int, default=0, metavar="N",
                     help="also list the N tokens that cost the most nats in all on each split (where the loss is)")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -118,7 +118,7 @@ def run_eval(args) -> int:
     from bardterm.hub_cli import resolve_with_progress
 
     checkpoint = resolve_with_progress(args.checkpoint)  # a directory, or a Hub id downloaded to the cache
-    model, tokenizer = load_model(checkpoint, device=args.device)
+    model, tokenizer = load_model(checkpoint, device=args.device, dtype=getattr(args, "dtype", "float32"))
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
     block = args.block_size or _trained_block_size(checkpoint) or n_positions
     if block < 1:

@@ -197,7 +197,7 @@ class BardtermApp(App):
         if host.loading is not None:
             text = f"loading {Path(host.loading).name}…"
         elif host.loaded is not None:
-            text = f"{host.loaded.path.name} · {host.loaded.device} · {host.loaded.dtype}"
+            text = f"{host.loaded.path.name} · {host.loaded.device} · {host.loaded.dtype_label or host.loaded.dtype}"
         else:
             text = "no model: /load DIR"
         self.query_one("#model-status", Static).update(Text(sanitize(text)))
