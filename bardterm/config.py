@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bardterm.errors import BardtermError
+from bardterm.generation import MAX_NEW_TOKENS
 from bardterm.params import InvalidParameter, Param
 
 SETTINGS = (
     Param("decoder", str, "creative", "the decoder or preset to start with"),
-    Param("max_new_tokens", int, 200, "the longest reply or continuation", min=1),
+    MAX_NEW_TOKENS,
     Param("system", str, "", "the system prompt"),
     Param("framing", str, "auto", "how chat turns are written: the model's chat template, or a play script",
           choices=("auto", "template", "script")),

@@ -23,6 +23,7 @@ import torch
 
 from bardterm.errors import BardtermError
 from bardterm.fast_gpt2 import gpt2_decode_step
+from bardterm.generation import check_lengths
 from bardterm.interface import DecoderSetup, Hypothesis, Processor, Step
 from bardterm.kv_cache import preallocated_cache
 from bardterm.text import IncrementalDecoder, token_piece
@@ -213,10 +214,7 @@ class Generation:
                  top_alternatives: int = 0, stop_token_ids: tuple[int, ...] | list[int] | set[int] = ()):
         """`prompt` is text, or token ids as a chat template gives them (used as they are: no special tokens
         added). `stop_token_ids` end the generation as EOS does (a chat model's end-of-turn tokens)."""
-        if max_new_tokens < 1:
-            raise BardtermError(f"invalid max_new_tokens={max_new_tokens}: must be at least 1")
-        if not 0 <= min_new_tokens <= max_new_tokens:
-            raise BardtermError(f"invalid min_new_tokens={min_new_tokens}: must be between 0 and max_new_tokens")
+        max_new_tokens, min_new_tokens = check_lengths(max_new_tokens, min_new_tokens)
         if any(not s for s in stop):
             raise BardtermError("invalid stop string '': a stop string must not be empty")
         self.model, self.tokenizer, self.setup = model, tokenizer, setup

@@ -11,8 +11,8 @@ import json
 import sys
 
 from bardterm.errors import BardtermError
+from bardterm.generation import MAX_NEW_TOKENS, MIN_NEW_TOKENS, check_lengths
 
-DEFAULT_MAX_NEW_TOKENS = 200
 MAX_LOGPROBS = 20
 
 
@@ -50,9 +50,10 @@ def add_parsers(subparsers) -> None:
     generate.add_argument("--chain", help="processors in the order to apply them, comma-separated "
                           "(default order: repetition_penalty, temperature, top_k, top_p, then plugins)")
     generate.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
-    generate.add_argument("--max-new-tokens", type=int, metavar="N",
-                          help=f"longest continuation (default: the settings file's, else {DEFAULT_MAX_NEW_TOKENS})")
-    generate.add_argument("--min-new-tokens", type=int, default=0, metavar="N")
+    generate.add_argument("--max-new-tokens", metavar="N", help=f"{MAX_NEW_TOKENS.help} (default: the settings "
+                          f"file's, else {MAX_NEW_TOKENS.default})")
+    generate.add_argument("--min-new-tokens", default=MIN_NEW_TOKENS.default, metavar="N",
+                          help=f"{MIN_NEW_TOKENS.help} (default {MIN_NEW_TOKENS.default})")
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT",
                           help="stop when this text appears; it is cut from the output (repeatable)")
     generate.add_argument("--json", action="store_true", help="print text, tokens and stats as one JSON object")
@@ -149,10 +150,7 @@ def run_generate(args) -> int:
         warn(problem)
     settings = decoder_settings(registry, args.extra)
     setup, args.max_new_tokens = _with_config(args, registry, args.chain, settings)
-    if args.max_new_tokens < 1:
-        raise BardtermError(f"invalid --max-new-tokens {args.max_new_tokens}: must be at least 1")
-    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
-        raise BardtermError(f"invalid --min-new-tokens {args.min_new_tokens}: must be 0 to --max-new-tokens")
+    args.max_new_tokens, args.min_new_tokens = check_lengths(args.max_new_tokens, args.min_new_tokens)
     if args.logprobs is not None and not (args.json and 1 <= args.logprobs <= MAX_LOGPROBS):
         raise BardtermError(f"invalid --logprobs {args.logprobs}: use it with --json, and N from 1 to {MAX_LOGPROBS}")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt

@@ -223,7 +223,8 @@ def test_remote_code_is_refused_naming_the_flag(capsys, tmp_path, tiny_checkpoin
     (["--top-p", "1.5"], ["top_p=1.5", "<= 1"]),
     (["--top-k", "many"], ["top_k=many", "integer"]),
     (["--num-beams", "1"], ["num_beams=1", ">= 2"]),
-    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["--max-new-tokens", "0"], ["invalid max_new_tokens=0: must be an integer >= 1"]),
+    (["--min-new-tokens", "5", "--max-new-tokens", "4"], ["min_new_tokens=5", "at most max_new_tokens (4)"]),
     (["--frobnicate", "3"], ["--frobnicate"]),
     (["--chain", "greedy"], ["not a processor"]),
 ])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from bardterm.generation import MAX_NEW_TOKENS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The top-level options, which apply to the app."""
@@ -18,24 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_plugin_argument(group, top_level=True)
     group.add_argument("--decoder", metavar="NAME", help="decoder or preset to start with (default: creative)")
     group.add_argument("--seed", type=int, metavar="N", help="seed every generation (default: random)")
-    group.add_argument("--max-new-tokens", type=_positive, default=200, metavar="N",
-                       help="longest reply or continuation (default: 200)")
+    group.add_argument("--max-new-tokens", default=MAX_NEW_TOKENS.default, metavar="N",
+                       help=f"{MAX_NEW_TOKENS.help} (default: {MAX_NEW_TOKENS.default})")
     group.add_argument("--user-name", default="ROMEO", metavar="NAME", help="your speaker name (default: ROMEO)")
     group.add_argument("--model-name", default="JULIET", metavar="NAME",
                        help="the model's speaker name (default: JULIET)")
     group.add_argument("--template", metavar="TEXT", help="how a chat turn is written, with {name} and {text} "
                        "(default: '{name}:\\n{text}\\n\\n')")
     group.add_argument("--continue", dest="resume", action="store_true", help="continue the latest conversation")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number >= 1")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     options = Options(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, decoder=args.decoder,
                       seed=args.seed, resume=args.resume, allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, user_name=args.user_name,
-                      model_name=args.model_name, template=template, max_new_tokens=args.max_new_tokens)
+                      model_name=args.model_name, template=template, max_new_tokens=MAX_NEW_TOKENS.validate(args.max_new_tokens))
     app = BardtermApp(options)
     app.run()
     return app.return_code or 0

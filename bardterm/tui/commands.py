@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bardterm.errors import BardtermError
+from bardterm.generation import MAX_NEW_TOKENS
 from bardterm.tui.conversation import ChatFrame
 from bardterm.tui.settings import DecoderChoice, parse_seed
 
@@ -79,9 +80,7 @@ def set_setting(app, key: str, raw: str) -> None:
         host.need_registry()
         host.choice.seed = parse_seed(raw)
     elif key == "max_new_tokens":
-        if not raw.isdigit() or int(raw) < 1:
-            raise BardtermError(f"invalid max_new_tokens {raw!r}: use a whole number >= 1")
-        host.max_new_tokens = int(raw)
+        host.max_new_tokens = MAX_NEW_TOKENS.validate(raw)
     elif key in ("user", "bard", "template"):
         frame = session.frame
         names = {"user": frame.user_name, "bard": frame.model_name, "template": frame.template}
