@@ -80,10 +80,10 @@ def native(name: str, device: str) -> bool:
     """Whether `device` computes precision `name` natively (int8 here needs bf16 activations on the CPU)."""
     if name == "float32":
         return True
-    if device.startswith("cuda"):
+    if device.startswith("cuda"):  # int8 runs there by dequantizing on the fly: correct, not faster
         import torch
 
-        return name != "bfloat16" or torch.cuda.is_bf16_supported()
+        return name == "float16" or (name == "bfloat16" and torch.cuda.is_bf16_supported())
     if device != "cpu":
         return name in ("float16",)  # mps: half precision yes, bf16 and int8 kernels not assumed
     if name in ("bfloat16", "int8"):

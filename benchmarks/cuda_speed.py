@@ -126,7 +126,8 @@ def cli_smoke(device: str, dtype: str, tokens: int, log) -> bool:
                "--decoder", "greedy", "--chain", "", "--max-new-tokens", str(tokens), "--min-new-tokens",
                str(tokens), "--json"]
     started = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
     seconds = time.perf_counter() - started
     if out.returncode != 0:
         log(f"bardterm generate --device {device} --dtype {dtype}: FAILED ({out.stderr.strip()[-300:]})")

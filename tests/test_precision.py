@@ -159,3 +159,10 @@ def test_the_lean_step_gives_the_plain_models_logits_in_each_precision(tokenizer
             reference = model(input_ids=next_ids, **{cache_argument(model): theirs}, use_cache=True).logits[:, -1]
             assert torch.equal(fast, reference)
             next_ids = fast.float().argmax(dim=-1, keepdim=True)
+
+
+def test_auto_on_a_gpu_takes_bf16_not_the_dequantizing_int8(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert precision.resolve("auto", "cuda").name == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert precision.resolve("auto", "cuda").name == "float16"
