@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread per side, python "
         f"{platform.python_version()}",
-        f"model: train/shakespeare-v4096-muon.toml (GPT-2 6x256, vocab 4096, block 256, batch 16, Muon, dropout 0.2), "
+        f"model: train/trials/shakespeare-v4096-muon.toml (GPT-2 6x256, vocab 4096, block 256, batch 16, Muon, dropout 0.2), "
         f"{'bf16 autocast' if args.mixed_precision == 'bf16' else 'fp32'}; {args.steps} steps per side, first "
         f"{args.skip} untimed; {args.rounds} alternating rounds",
     ]

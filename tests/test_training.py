@@ -277,7 +277,7 @@ def test_recipe_with_flag_override(text_file, tmp_path):
     (tmp_path / "bad.toml").write_text("learning_rate = 1\n")
     with pytest.raises(BardtermError, match="unknown key"):
         config_from_args(build_parser().parse_args(["train", "--recipe", str(tmp_path / "bad.toml")]))
-    for shipped in sorted((REPO / "train").glob("*.toml")):
+    for shipped in sorted((REPO / "train").rglob("*.toml")):  # the recipes to start from, and trials/
         config_from_args(build_parser().parse_args(["train", "--recipe", str(shipped)]))
 
 

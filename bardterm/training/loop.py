@@ -226,7 +226,9 @@ def make_accelerator(mp: str) -> Accelerator:
         AcceleratorState._reset_state()  # a second run in one process (tests, benchmarks) with other settings
     # Accelerate starts gloo for several processes on a machine without a GPU only when told it is on the CPU.
     cpu = processes.launched_world() > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mp, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mp, cpu=cpu)
+    processes.refuse_sharding(accelerator.distributed_type)
+    return accelerator
 
 
 def setup(config: dict, *, resume: bool, overwrite: bool, say) -> tuple[Run, RunState]:

@@ -16,6 +16,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from bardterm.errors import BardtermError
+
 
 def launched_rank() -> int:
     """This process's rank as its launcher (torchrun, accelerate launch) set it; 0 when run alone."""
@@ -32,6 +34,16 @@ def one_of_several_not_started() -> bool:
     process, with MASTER_ADDR set for N but no WORLD_SIZE; trained on, it would be one silent run of N."""
     env = os.environ
     return "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
+
+
+def refuse_sharding(distributed_type) -> None:
+    """Rank 0 evaluates and saves its whole copy of the model; a model sharded over the ranks (FSDP, DeepSpeed
+    ZeRO 3, Megatron) has none, so such a launch would hang or save a shard: refused before anything runs."""
+    name = str(getattr(distributed_type, "value", distributed_type)).upper()
+    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise BardtermError(f"bardterm train runs data-parallel (a whole model on every process); your Accelerate "
+                            f"config asks for {name}, which it does not support yet: set distributed_type: MULTI_GPU "
+                            "(or MULTI_CPU); a LoRA adapter (--lora R) needs far less memory than training every weight")
 
 
 def distributed() -> bool:
