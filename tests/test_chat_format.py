@@ -84,11 +84,11 @@ class Scripted(Processor):
     name = "scripted"
     help = "test only"
     script: list[int] = []
-    start = 0
+    offset = 0
 
     def __call__(self, input_ids, scores):
         forced = torch.full_like(scores, -float("inf"))
-        forced[:, self.script[input_ids.shape[1] - self.start]] = 0.0
+        forced[:, self.script[input_ids.shape[1] - self.offset]] = 0.0
         return forced
 
 
@@ -100,7 +100,7 @@ def test_end_of_turn_token_stops_the_reply_and_never_shows(chatml):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     setup = build("greedy", chain=[])
     scripted = Scripted()
-    scripted.script, scripted.start = said + [im_end] + said, len(prompt)
+    scripted.script, scripted.offset = said + [im_end] + said, len(prompt)
     setup.chain.append(scripted)
     generation = Generation(model, tokenizer, prompt, setup, max_new_tokens=20,
                             stop_token_ids=frame.stop_token_ids())
