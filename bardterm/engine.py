@@ -314,15 +314,18 @@ class Generation:
         yield Update(decoder.text, len(decoder.text), list(token_ids), stats)
 
     def _start_decoders(self) -> None:
-        """Hand every decoder this run and let it reset what it keeps between steps (`Decoder.start`)."""
+        """Hand every decoder this run and let it reset what it keeps between steps (`Decoder.start_run`)."""
         for decoder in self.setup.decoders():
             decoder.run = self.run
+            start_run = getattr(decoder, "start_run", None)
+            if not callable(start_run):  # an API 1 decoder's own attribute of that name: it predates the hook
+                continue
             try:
-                decoder.start(self.run)
+                start_run(self.run)
             except BardtermError:
                 raise
             except Exception as error:
-                raise DecoderFault(f"{_who(decoder)} raised {type(error).__name__} in start: {error}") from error
+                raise DecoderFault(f"{_who(decoder)} raised {type(error).__name__} in start_run: {error}") from error
 
     def _advance(self, decoder: IncrementalDecoder, previous: list[int], hypothesis: Hypothesis):
         tokens = hypothesis.token_ids

@@ -9,7 +9,7 @@ Two kinds of decoder, one call signature each:
   selectors that need the model in their own loop (beam search, contrastive search) override `search`.
 
 At the start of every generation the engine sets `decoder.run` to the `Run` (the run context) and calls
-`decoder.start(run)`. A `Run` is described here as a Protocol; `bardterm.engine.DecodeRun` implements it,
+`decoder.start_run(run)`. A `Run` is described here as a Protocol; `bardterm.engine.DecodeRun` implements it,
 and its caches implement `Cache`. This module imports neither the engine, the registry, pluggy nor torch
 (torch only for annotations), so the engine, the registry and the decoders can all import it.
 """
@@ -63,7 +63,7 @@ class Step:
 
 
 class Run(Protocol):
-    """The run context: one generation, as the engine hands it to every decoder (`decoder.run`, `start(run)`)
+    """The run context: one generation, as the engine hands it to every decoder (`decoder.run`, `start_run(run)`)
     and to a selector's `search(run)`."""
 
     prompt_ids: "torch.LongTensor"
@@ -107,7 +107,7 @@ class Decoder:
     help: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     plugin: str = ""  # the plugin that registered it, set by `registry.build` for error messages
-    run: Run | None = None  # the generation under way, set by the engine before `start`
+    run: Run | None = None  # the generation under way, set by the engine before `start_run`
 
     def __init__(self, **values):
         # Values arrive validated (see `create`); missing ones take their declared default.
@@ -137,7 +137,7 @@ class Decoder:
             return values
         return f"{self.name}({values})" if values else self.name
 
-    def start(self, run: Run) -> None:
+    def start_run(self, run: Run) -> None:
         """A generation begins (`self.run` is already set): reset state kept from one step to the next here,
         because the same decoder object serves every generation of its setup (a TUI turn, a /compare)."""
 

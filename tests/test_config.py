@@ -89,7 +89,7 @@ def test_generate_takes_its_defaults_from_the_file(settings_file, capsys, tiny_c
     code = main(["generate", "ROMEO:", "--checkpoint", str(tiny_checkpoint), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and len(data["token_ids"]) == 2  # [models."tiny"] over [defaults]
-    assert data["decoder"] == "repetition_penalty(1.1) → greedy"
+    assert data["decoder"] == "repetition_penalty=1.1 → greedy"
     code = main(["generate", "ROMEO:", "--checkpoint", str(tiny_checkpoint), "--json", "--max-new-tokens", "4",
                  "--decoder", "sample", "--seed", "1"])
     data = json.loads(capsys.readouterr().out)

@@ -28,7 +28,7 @@ class Mirostat(Selector):
               max=1),
     )
 
-    def start(self, run):
+    def start_run(self, run):
         # mu starts at 2 * tau for every generation (the paper's and llama.cpp's choice), not once per setup.
         self.mu = None
 
