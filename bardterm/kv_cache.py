@@ -4,9 +4,17 @@ transformers' `DynamicLayer` appends each step's keys and values with `torch.cat
 cache and allocates a fresh buffer every token (quadratic copying, and page faults on the CPU). We know the
 final length up front (prompt + max new tokens), so each layer writes into a buffer of that size and hands the
 model views of the filled part. The model sees the same keys and values, so the logits are the same.
+
+`PreallocatedCache` is what a selector's `run.forward` hands back (`Step.cache`), with the documented row
+methods of `bardterm.interface.Cache`: `select_rows`, `repeat_rows`, `copy` (and `crop`). transformers' own
+`batch_select_indices`, `batch_repeat_interleave` and `reorder_cache` do the same here, keeping the buffers'
+size: before, each replaced the keys with a plain tensor and the next step doubled the buffer to take them
+back (107 positions grew to 438,272 in 12 steps of a contrastive search).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from transformers import PreTrainedConfig
@@ -51,14 +59,36 @@ class PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: row i becomes row beam_idx[i], in place (the buffers stay)."""
-        if self._buffers is not None and self._owns(self.keys) and self.get_seq_length() > 0:
-            length = self.get_seq_length()
+        """Beam search: row i becomes row beam_idx[i]."""
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row `repeats` times in a row, as transformers' method does, into buffers of the same size."""
+        if self.get_seq_length() > 0:
+            rows = self.keys.shape[0]
+            self.batch_select_indices(torch.arange(rows, device=self.keys.device).repeat_interleave(repeats))
+
+    def batch_select_indices(self, indices) -> None:
+        """Keep rows `indices` (a row may repeat): in place when the number of rows stays, else into new buffers
+        of the same size."""
+        length = self.get_seq_length()
+        if length == 0:
+            return
+        if self._buffers is None or not self._owns(self.keys):
+            super().batch_select_indices(indices)
+            return
+        rows = torch.as_tensor(indices, dtype=torch.long, device=self.keys.device)
+        if rows.shape[0] == self._buffers[0].shape[0]:
             for buffer in self._buffers:
-                buffer[:, :, :length] = buffer[beam_idx.to(buffer.device), :, :length]
-            self.keys, self.values = (buffer[..., :length, :] for buffer in self._buffers)
+                buffer[:, :, :length] = buffer[rows, :, :length]  # the right side is a copy: safe in place
         else:
-            super().reorder_cache(beam_idx)
+            fresh = []
+            for buffer in self._buffers:
+                taken = buffer.new_empty((rows.shape[0], *buffer.shape[1:]))
+                taken[:, :, :length] = buffer[rows, :, :length]
+                fresh.append(taken)
+            self._buffers = tuple(fresh)
+        self.keys, self.values = (buffer[..., :length, :] for buffer in self._buffers)
 
     def _size(self) -> int:
         return self._buffers[0].shape[-2]
@@ -67,7 +97,9 @@ class PreallocatedLayer(DynamicLayer):
         return tensor is not None and (tensor.numel() == 0 or tensor.data_ptr() == self._buffers[0].data_ptr())
 
     def _reallocate(self, needed: int, like: torch.Tensor) -> None:
-        size = max(self.capacity, needed, 2 * self._size() if self._buffers is not None else 0)
+        # Past the end: double (amortised growth). Keys replaced from outside: take them back at the same size.
+        overflow = self._buffers is not None and needed > self._size()
+        size = max(self.capacity, needed, 2 * self._size() if overflow else 0)
         shape = (*like.shape[:-2], size, like.shape[-1])
         buffers = (like.new_empty(shape), like.new_empty(shape))
         length = self.get_seq_length()
@@ -75,6 +107,26 @@ class PreallocatedLayer(DynamicLayer):
             buffers[0][..., :length, :] = self.keys
             buffers[1][..., :length, :] = self.values
         self._buffers = buffers
+
+
+class PreallocatedCache(DynamicCache):
+    """A `DynamicCache` whose full-attention layers are `PreallocatedLayer`s, with documented row methods.
+
+    Rows are the batch, one per sequence; every method works in place, except `copy`. For transformers'
+    attention layers of other kinds (sliding windows) they fall back on transformers' own methods.
+    """
+
+    def select_rows(self, rows) -> None:
+        """Keep these rows, in this order; a row may appear several times or not at all."""
+        self.batch_select_indices(torch.as_tensor(rows, dtype=torch.long))
+
+    def repeat_rows(self, times: int) -> None:
+        """Each row `times` times in a row: rows (a, b) become (a, a, b, b) for 2."""
+        self.batch_repeat_interleave(times)
+
+    def copy(self) -> "PreallocatedCache":
+        """An independent copy, buffers and all: a branch that can go on without changing this one."""
+        return copy.deepcopy(self)  # deepcopy keeps views views: the copy's keys stay in the copy's buffers
 
 
 def preallocated_cache(model, capacity: int):
@@ -85,7 +137,7 @@ def preallocated_cache(model, capacity: int):
     """
     if not isinstance(getattr(model, "config", None), PreTrainedConfig):
         return None
-    cache = DynamicCache(config=model.config)
+    cache = PreallocatedCache(config=model.config)
     if cache.layers:
         cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer
                         for layer in cache.layers]

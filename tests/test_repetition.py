@@ -46,7 +46,7 @@ def shipped():
 
 
 def test_the_built_ins_are_all_judged():
-    assert {"greedy", "beam", "sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram",
+    assert {"greedy", "beam", "contrastive", "sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram",
             "creative"} <= set(built_in_decoders())
 
 

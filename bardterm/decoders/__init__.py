@@ -5,6 +5,7 @@ BUILTIN_MODULES = (
     "bardterm.decoders.greedy",
     "bardterm.decoders.sample",
     "bardterm.decoders.beam",
+    "bardterm.decoders.contrastive",
     "bardterm.decoders.repetition_penalty",
     "bardterm.decoders.no_repeat_ngram",
     "bardterm.decoders.temperature",
