@@ -310,6 +310,21 @@ def test_the_plugin_guide_example_works_as_written(fresh, tmp_path, tiny_checkpo
     assert len(json.loads(out)["token_ids"]) == 5
 
 
+def test_the_plugin_guide_testing_example_runs_on_bardterm_testing_fixtures(tmp_path):
+    """Section 10's test file, next to section 1's plugin, run by pytest in a directory of its own: the fixtures
+    come from the `pytest11` entry point alone (no conftest.py)."""
+    guide = (Path(__file__).resolve().parent.parent / "plugins" / "README.md").read_text()
+    blocks = guide.split("```python\n")
+    (tmp_path / "my_decoders.py").write_text(blocks[1].split("```", 1)[0])
+    testing_section = guide.split("## 10. Testing a plugin", 1)[1]
+    (tmp_path / "test_my_decoders.py").write_text(testing_section.split("```python\n", 1)[1].split("```", 1)[0])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_decoders.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
+
+
 # --- Faults while loading and registering: one line naming the plugin, every other decoder keeps working ---
 
 
