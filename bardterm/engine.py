@@ -88,8 +88,9 @@ class Result:
     tokens: list[TokenInfo] = field(default_factory=list)
 
 
-class Cancelled(Exception):
-    """Raised inside a run once the user has cancelled, so that a search stops between model passes."""
+class Cancelled(BaseException):
+    """Raised by `run.forward` once the user has cancelled, so that a search stops between model passes. Not an
+    Exception, so that a plugin's `except Exception` does not swallow it (as KeyboardInterrupt is not)."""
 
 
 class DecodeRun:

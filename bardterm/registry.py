@@ -81,9 +81,10 @@ def _clashes(registry: Registry) -> list[str]:
     lines = []
     for name, owners in registry.params().items():
         if len({source(owner) for owner, _ in owners}) > 1:
-            who = " and ".join(f"decoder {owner!r} ({source(owner)})" for owner, _ in owners)
-            choices = " or ".join(f"{owner}.{name}" for owner, _ in owners)
-            lines.append(f"parameter {name!r} is declared by {who}: where both are in one setup, say {choices}")
+            who = [f"{owner!r} ({source(owner)})" for owner, _ in owners]
+            choices = [f"{owner}.{name}" for owner, _ in owners]
+            lines.append(f"parameter {name!r} is declared by decoders {_either(who, 'and')}: a bare {name} goes "
+                         f"to the one in the setup; where two are, say {_either(choices, 'or')}")
     return lines
 
 
@@ -247,6 +248,10 @@ def _resolve_all(registry: Registry, settings: dict, selector: str, in_setup: se
         in_setup.add(owner)
         resolved[owner, param] = settings[key]
     return resolved
+
+
+def _either(items: list[str], word: str) -> str:
+    return ", ".join(items[:-1]) + f" {word} " + items[-1]
 
 
 def _implied_selector(registry: Registry, settings: dict) -> str | None:

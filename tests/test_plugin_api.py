@@ -122,9 +122,9 @@ def test_a_preset_may_use_bare_names(clashing):
 
 def test_a_clash_is_reported_once_at_load_time_naming_both_plugins(clashing, capsys):
     cutoff = [line for line in clashing.clashes if "'cutoff'" in line]
-    assert cutoff == ["parameter 'cutoff' is declared by decoder 'cut_a' (plugin 'cut_a_plugin') and decoder "
-                      "'cut_b' (plugin 'cut_b_plugin'): where both are in one setup, say cut_a.cutoff or "
-                      "cut_b.cutoff"]
+    assert cutoff == ["parameter 'cutoff' is declared by decoders 'cut_a' (plugin 'cut_a_plugin') and 'cut_b' "
+                      "(plugin 'cut_b_plugin'): a bare cutoff goes to the one in the setup; where two are, say "
+                      "cut_a.cutoff or cut_b.cutoff"]
     top_k = [line for line in clashing.clashes if "'top_k'" in line]
     assert len(top_k) == 1 and "(built-in)" in top_k[0] and "plugin 'picky_plugin'" in top_k[0]
     assert main(["decoders"]) == 0

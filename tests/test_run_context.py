@@ -185,3 +185,27 @@ def test_the_last_layer_is_after_the_final_layer_norm(tiny_gpt2, tiny_tokenizer)
         logits = tiny_gpt2.lm_head(selector.states[0])
     assert torch.allclose(selector.states[0], normed, atol=1e-5)
     assert torch.allclose(logits, tiny_gpt2(ids).logits[:, -1], atol=1e-4)
+
+
+def test_the_engine_run_has_everything_the_run_protocol_promises(tiny_gpt2, tiny_tokenizer):
+    from bardterm import Run
+
+    generation = Generation(tiny_gpt2, tiny_tokenizer, "ROMEO:", build("greedy"), max_new_tokens=2)
+    promised = set(Run.__annotations__) | {name for name in vars(Run) if not name.startswith("_")}
+    assert promised >= {"prompt_length", "step", "input_ids", "cancelled", "forward", "process", "generator"}
+    assert not [name for name in promised if not hasattr(generation.run, name)]
+
+
+def test_a_search_that_catches_every_exception_still_stops_at_a_cancel(tiny_gpt2, tiny_tokenizer):
+    class Stubborn(Searching):
+        def search(self, run):
+            try:
+                yield from super().search(run)
+            except Exception:  # a plugin's catch-all must not swallow the cancel
+                yield Hypothesis([1, 2, 3])
+
+    selector = Stubborn()
+    generation = Generation(tiny_gpt2, tiny_tokenizer, "ROMEO:", DecoderSetup(selector, []), max_new_tokens=120)
+    selector.generation = generation
+    result = run_all(generation)
+    assert result.stop_reason == "cancelled" and result.token_ids == []
