@@ -546,7 +546,8 @@ def _train(config, resume, overwrite, show_progress, on_step, console, say) -> i
         if stopped:
             save_last_and_resume(run, state, draw=True)
     if stopped:
-        say(f"stopped at step {state.step}/{run.total}; state saved. Resume with: bardterm train --output "
+        launch = f"the same {run.world}-process launch of " if run.world > 1 else ""
+        say(f"stopped at step {state.step}/{run.total}; state saved. Resume with {launch}bardterm train --output "
             f"{run.run_dir} --resume")
         return 130
     finish(run, state, early=early)
