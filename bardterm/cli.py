@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    first_process = not int(os.environ.get("RANK") or 0)  # several training processes: rank 0 speaks for all
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -44,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         args.extra = extra
         return args.func(args) or 0
     except BardtermError as error:
-        if not int(os.environ.get("RANK") or 0):  # several training processes: rank 0 speaks for all
+        if first_process:
             print(f"bardterm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bardterm: interrupted", file=sys.stderr)
+        if first_process:
+            print("bardterm: interrupted", file=sys.stderr)
         return 130

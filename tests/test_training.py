@@ -443,7 +443,7 @@ def test_attention_dropout_and_activation_reach_the_model(trained, text_file, tm
 
 
 def test_a_run_saved_before_attn_dropout_resumes_with_its_dropout(text_file, tmp_path):
-    from bardterm.training.loop import attn_dropout
+    from bardterm.training.build import attn_dropout
 
     out = tmp_path / "run"
     assert cli(*train_args(text_file, out, "--dropout", "0.25", "--max-steps", "2", "--eval-interval", "2")) == 0

@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -42,10 +42,10 @@ from bardterm.training import checkpoint as ckpt
 from bardterm.training import processes
 from bardterm.training.average import WeightAverage
 from bardterm.training.batches import BlockStream
-from bardterm.training.build import attn_dropout, build_scratch, load_base, make_optimizer, retokenize  # noqa: F401
+from bardterm.training.build import build_scratch, load_base, make_optimizer, retokenize
 from bardterm.training.evaluate import evaluate_ids
-from bardterm.training.recipes import DEFAULTS, RESUME_OVERRIDABLE
 from bardterm.training.rundir import check_output, hardware, plot, probe_writable, run_dir_for
+from bardterm.training.settings import DEFAULTS, RESUME_OVERRIDABLE
 from bardterm.training.tokenizer import bos_id, encode, train_bpe
 
 PLOT_EVERY_EVALS = 10  # loss.png is redrawn every this many evaluations, on Ctrl+C, and at the end

@@ -23,8 +23,7 @@ import tomllib
 from pathlib import Path
 
 from bardterm.errors import BardtermError
-from bardterm.training.settings import (DEFAULTS, LION_LR_FACTOR, LION_WD_FACTOR, PRESETS,  # noqa: F401
-                                       RESUME_OVERRIDABLE, convert)
+from bardterm.training.settings import DEFAULTS, LION_LR_FACTOR, LION_WD_FACTOR, PRESETS, convert
 
 
 def load_recipe(path: str | Path) -> dict:
