@@ -55,9 +55,8 @@ class Explodes(Processor):
 
 
 @pytest.fixture
-def test_plugin():
-    """Register a plugin module the way an installed one would be, for the length of one test."""
-    plugins.load_plugins()
+def test_plugin(register_plugin):
+    """A plugin module registered the way an installed one would be, for the length of one test."""
     module = types.ModuleType("test_plugin")
 
     @hookimpl
@@ -66,9 +65,8 @@ def test_plugin():
         register(Explodes)
 
     module.register_decoders = register_decoders
-    plugins.pm.register(module, name="test_plugin")
-    yield module
-    plugins.pm.unregister(name="test_plugin")
+    register_plugin(module, "test_plugin")
+    return module
 
 
 def test_generate_streams_text_and_reports_stats(capsys, tiny_checkpoint, tokenizer, gpt2):
