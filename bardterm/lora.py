@@ -49,10 +49,13 @@ def wrap(model, config: dict, base_name: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "fan_in_fan_out is set to False" for GPT-2's Conv1D: peft fixes it
-            return get_peft_model(model, lora_config)
+            wrapped = get_peft_model(model, lora_config)
     except ValueError as error:
         raise BardtermError(f"--lora-targets {targets}: {str(error).splitlines()[0][:200]}; use all-linear or "
                             "module names of the base model") from None
+    for adapter_config in wrapped.peft_config.values():  # peft records where the weights were read: a Hub id's
+        adapter_config.base_model_name_or_path = base_name  # cache snapshot; the adapter should name the id
+    return wrapped
 
 
 def attach(base_model, adapter_dir, *, merge: bool = True):

@@ -162,3 +162,28 @@ def test_bad_lora_settings_are_one_line_and_write_nothing(base, text, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_an_adapter_on_a_hub_model_names_it_by_id_and_loads_it_on_another_machine(base, text, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The base fetched by Hub id (from a Hub-like server on 127.0.0.1); the adapter folder records the id, and
+    generate, given only the adapter folder on a machine with an empty cache, fetches the base again."""
+    from hub_server import HubServer
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-trainer"))
+    out = tmp_path / "adapter"
+    with HubServer() as server:
+        server.add_repo("tiny-org/tiny-base", base)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        assert cli("train", "--base", "tiny-org/tiny-base", "--dataset", text, "--output", out, *LORA,
+                   "--max-steps", "2", "--eval-interval", "2") == 0
+        assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-org/tiny-base"
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-elsewhere"))
+        server.requests.clear()
+        capsys.readouterr()
+        assert cli("generate", "ROMEO:", "--checkpoint", out, "--decoder", "greedy", "--max-new-tokens", "4") == 0
+        assert capsys.readouterr().out
+        assert any("model.safetensors" in path for _, path, _ in server.requests)  # the base, fetched by its id
