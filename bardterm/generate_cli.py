@@ -49,7 +49,8 @@ def add_parsers(subparsers) -> None:
     generate.add_argument("--decoder", help="a selector, processor or preset (default: creative)")
     generate.add_argument("--chain", help="processors in the order to apply them, comma-separated "
                           "(default order: repetition_penalty, temperature, top_k, top_p, then plugins)")
-    generate.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
+    generate.add_argument("--seed", help="seed for sampling: the same seed gives the same text (-1 or 'random': "
+                          "a new one each run, the default)")
     generate.add_argument("--max-new-tokens", metavar="N", help=f"{MAX_NEW_TOKENS.help} (default: the settings "
                           f"file's, else {MAX_NEW_TOKENS.default})")
     generate.add_argument("--min-new-tokens", default=MIN_NEW_TOKENS.default, metavar="N",
@@ -142,8 +143,10 @@ class _HelpWithDecoderFlags(argparse.Action):
 
 
 def run_generate(args) -> int:
+    from bardterm.params import parse_seed
     from bardterm.registry import build, get_registry
 
+    args.seed = parse_seed(args.seed) if args.seed is not None else None
     load_requested_plugins(args)
     registry = get_registry()
     for problem in registry.warnings():

@@ -87,3 +87,18 @@ class Param:
             return self.type(value)
         except (TypeError, ValueError, OverflowError):
             return None
+
+
+def parse_seed(raw) -> int | None:
+    """A seed as the user types it, the same for --seed, /set seed and the panel: a whole number >= 0, or
+    random (blank, 'random' or -1, llama.cpp's spelling): None. Raises BardtermError with one line."""
+    raw = str(raw).strip()
+    if raw in ("", "random", "none", "-1"):
+        return None
+    try:
+        seed = int(raw)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise BardtermError(f"invalid seed {raw!r}: use a whole number >= 0, or random (-1 or 'random')")
+    return seed

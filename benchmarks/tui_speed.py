@@ -57,7 +57,7 @@ report = {}
 async def drive(pilot):
     app = pilot.app
     report["interactive_s"] = time.time() - T0
-    while app.loaded is None or app.choice is None:
+    while app.host.loaded is None or app.host.choice is None:
         await asyncio.sleep(0.005)
     report["model_ready_s"] = time.time() - T0
     if repeats == 0:
@@ -81,16 +81,16 @@ async def drive(pilot):
             seen.append(len(app.last_tokens) / elapsed)
         for inspector, rates in ((5, engine), (0, engine_plain)):
             started = time.perf_counter()
-            result = generate(app.loaded.model, app.loaded.tokenizer, os.environ["TUI_SPEED_PROMPT"],
-                              app.choice.setup(app.registry), max_new_tokens=tokens, seed=app.choice.seed,
+            result = generate(app.host.loaded.model, app.host.loaded.tokenizer, os.environ["TUI_SPEED_PROMPT"],
+                              app.host.choice.setup(app.host.registry), max_new_tokens=tokens, seed=app.host.choice.seed,
                               top_alternatives=inspector)
             if run:
                 rates.append(result.stats.tokens / (time.perf_counter() - started))
     report.update(app_tokens_per_s=statistics.median(seen), engine_tokens_per_s=statistics.median(engine),
                   engine_plain_tokens_per_s=statistics.median(engine_plain), tokens=counts,
                   app_runs=seen, engine_runs=engine, engine_plain_runs=engine_plain,
-                  device=app.loaded.device, dtype=app.loaded.dtype,
-                  parameters=sum(p.numel() for p in app.loaded.model.parameters()))
+                  device=app.host.loaded.device, dtype=app.host.loaded.dtype,
+                  parameters=sum(p.numel() for p in app.host.loaded.model.parameters()))
     app.exit()
 
 options = Options(checkpoint=args.checkpoint, decoder=args.decoder, seed=args.seed,

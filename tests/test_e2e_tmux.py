@@ -170,3 +170,27 @@ def test_a_processor_that_never_returns_does_not_keep_bardterm_from_quitting(tin
     [conversation] = store.conversations()
     assert [(t.speaker, t.partial) for t in conversation.turns] == [("user", False), ("model", True)]
     store.close()
+
+
+def test_a_paste_with_esc_arrives_whole_and_in_order(tiny_checkpoint, tmp_path):
+    # Only a real terminal shows this: Textual's own parser turned the text after a pasted ESC into key
+    # presses, ahead of the rest of the paste (bardterm/tui/paste.py); Pilot never goes through that parser.
+    pasted = "AAA\x1b[31mBBB CCC " + "x" * 20 + "\x1b[1m" + "y" * 40 + "\x1b" + "z" * 5
+    shown = "AAA\\x1b[31mBBB CCC " + "x" * 20 + "\\x1b[1m" + "y" * 40 + "\\x1bzzzzz"  # ESC visible, never raw
+    session, exit_file = start_bardterm(tiny_checkpoint, tmp_path, SLOW_PLUGIN, "slow_e2e", 3)
+    try:
+        wait_for_screen(session, lambda text: "tiny · cpu" in text)
+        buffer = tmp_path / "paste.txt"
+        buffer.write_text(pasted)
+        tmux("load-buffer", "-b", "wt", str(buffer))
+        tmux("paste-buffer", "-p", "-b", "wt", "-t", session)  # -p: as a bracketed paste, as terminals paste
+        wait_for_screen(session, lambda text: "AAA\\x1b[31mBBB CCC" in text and "x\\x1b[1my" in text)
+        tmux("send-keys", "-t", session, "Enter")
+        wait_for_screen(session, lambda text: "first token" in text and "generating" not in text)
+        quit_and_wait(session, exit_file)
+    finally:
+        tmux("kill-server")
+    store = Store(tmp_path / "home" / "conversations.sqlite3")
+    [conversation] = store.conversations()
+    assert conversation.turns[0].text == shown
+    store.close()

@@ -434,8 +434,10 @@ async def test_slash_commands(make_app, home, tmp_path):
         assert [t.text for t in app.session.conversation.turns][0] == "Who goes"
         await submit(pilot, "/save Night watch")
         await submit(pilot, "/export md")
+        exported = tmp_path / f"bardterm-conversation-{app.session.conversation.id}.md"
+        assert f"exported to {exported}" in messages(app)  # the whole path: the folder is not on the screen
         await submit(pilot, f"/export json {tmp_path / 'out.json'}")
-        markdown = (tmp_path / f"bardterm-conversation-{app.session.conversation.id}.md").read_text()
+        markdown = exported.read_text()
         assert markdown.startswith("# Night watch") and "**HAMLET**:\n\nWho goes" in markdown
         data = json.loads((tmp_path / "out.json").read_text())
         assert data["title"] == "Night watch" and data["turns"][0]["name"] == "HAMLET"
@@ -549,9 +551,10 @@ async def test_compose_continue_accept_regenerate_undo(make_app):
         await wait_for(pilot, lambda: not app.host.generating)
         await pilot.pause()
         assert editor.text == continued
-        await pilot.press("ctrl+l")  # accept: undo no longer removes it
+        await pilot.press("ctrl+l")  # accept: undo no longer removes it, and says why
         await pilot.press("ctrl+b")
         assert editor.text == continued and app.composer.pending is None
+        assert any("nothing to undo" in m and "Ctrl+L" in m for m in messages(app))
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: not app.host.generating)
         await pilot.press("x")  # typing on accepts the continuation too
@@ -732,3 +735,54 @@ async def test_decoder_panel_fits_a_narrow_terminal_and_never_clips_a_range(make
         await pilot.resize_terminal(140, 40)
         await pilot.pause()
         assert app.panel.outer_size.width == 48
+
+
+async def test_regenerating_with_a_fixed_seed_says_why_the_reply_is_the_same(make_app):
+    app = make_app(seed=7)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await reply(pilot, "Hello")
+        first = app.session.turns[-1].text
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not app.host.generating and app.session.turns[-1].speaker == "model")
+        await pilot.pause()
+        assert app.session.turns[-1].text == first
+        assert any("seed is fixed (7)" in m and "/set seed random" in m for m in messages(app))
+
+
+async def test_ctrl_q_asks_before_losing_unsent_text(make_app, home):
+    app = make_app(max_new_tokens=100, template="{name}: {text}")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.host.choice.add(app.host.registry, "slow_test")
+        await submit(pilot, "Farewell")
+        await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
+        await pilot.press(*"and one more thing")  # typed while the model replies, not sent
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.is_running and any("not saved" in m and "Ctrl+Q again" in m for m in messages(app))
+        assert app.query_one("#prompt").text == "and one more thing"
+        await pilot.press("ctrl+q")  # asked, and answered: quit
+        await pilot.pause()
+    assert not app.is_running
+    [[user, model]] = stored(home)
+    assert user == ("user", "Farewell", False) and model[0] == "model"
+
+
+async def test_messages_say_the_apps_way_not_a_command_line_flag(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await submit(pilot, "/set temperature 0")
+        await submit(pilot, f"/load {tmp_path / 'nowhere'}")
+        await wait_for(pilot, lambda: app.host.loading is None)
+        await pilot.pause()
+        said = [m for m in messages(app) if "temperature" in m or "nowhere" in m]
+        assert any("/decoder greedy" in m for m in said) and any("/load" in m for m in said), said
+        assert not any(" --" in m for m in said), said
+        await pilot.press("f2")
+        await pilot.pause()
+        app.panel.query_one("#temperature-temperature").value = "0"
+        await pilot.pause()
+        error = str(app.panel.query_one("#temperature-temperature").parent.query_one(".error").render())
+        assert "/decoder greedy" in error and "--" not in error

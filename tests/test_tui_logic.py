@@ -9,11 +9,11 @@ import sqlite3
 import pytest
 
 from bardterm.errors import BardtermError
-from bardterm.params import InvalidParameter
+from bardterm.params import InvalidParameter, parse_seed
 from bardterm.registry import build, get_registry
 from bardterm.tui import commands
 from bardterm.tui.conversation import ChatFrame
-from bardterm.tui.settings import DecoderChoice, parse_seed
+from bardterm.tui.settings import DecoderChoice
 from bardterm.tui.store import Store, Turn, data_dir, to_json, to_markdown, write_atomic
 from bardterm.tui.streaming import styled
 
@@ -162,7 +162,8 @@ def test_choice_reorder_and_remove(registry):
 
 def test_parse_seed():
     assert parse_seed("") is None and parse_seed("random") is None and parse_seed("42") == 42
-    for bad in ("-1", "1.5", "abc"):
+    assert parse_seed("-1") is None  # llama.cpp's spelling of random
+    for bad in ("-2", "1.5", "abc", str(2**63)):
         with pytest.raises(BardtermError, match="invalid seed"):
             parse_seed(bad)
 
@@ -196,6 +197,18 @@ def test_importing_the_tui_entry_point_is_cheap():
     assert done.stdout.strip() == "[]", done.stderr
 
 
+def test_seed_minus_one_means_random_everywhere(monkeypatch, tmp_path):
+    from bardterm.cli import build_parser
+    from bardterm.tui import app as app_module
+    from bardterm.tui import run
+
+    launched = []
+    monkeypatch.setattr(app_module.BardtermApp, "run", lambda self: launched.append(self.options))
+    assert run(build_parser().parse_args(["--seed", "-1"])) == 0
+    assert run(build_parser().parse_args(["--seed", "12"])) == 0
+    assert [o.seed for o in launched] == [None, 12]
+
+
 def test_cli_options_reach_the_app(monkeypatch, tmp_path):
     from bardterm.cli import build_parser
     from bardterm.tui import app as app_module
@@ -216,6 +229,9 @@ def test_cli_options_reach_the_app(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--template", "{text} only"], "invalid template"),
     (["--plugin", "no_such_plugin_module_xyz"], "--plugin no_such_plugin_module_xyz"),
+    (["--seed", "-5"], "invalid seed '-5'"),  # refused the same way as by /set seed and the panel
+    (["--dtype", "int16"], "invalid dtype 'int16'"),  # at start-up, not once the window is open
+    (["generate", "x", "--seed", "-5"], "invalid seed '-5'"),
 ])
 def test_bad_cli_options_are_one_line_errors(argv, message, capsys):
     from bardterm.cli import main
@@ -352,3 +368,46 @@ def test_choice_name_says_what_is_in_use(registry):
     choice.selector = "greedy"
     assert choice.name(registry) == "greedy"
     assert DecoderChoice(selector="beam").name(registry) == "beam"
+
+
+def test_cli_wording_is_put_the_apps_way():
+    from bardterm.tui.wording import for_the_app
+
+    assert for_the_app("temperature 0: use --decoder greedy") == "temperature 0: use /decoder greedy"
+    assert for_the_app("x does not exist: pass --checkpoint with a model directory") == \
+        "x does not exist: /load a model directory"
+    assert for_the_app("the shipped one is missing: pass --checkpoint DIR, or train one") == \
+        "the shipped one is missing: type /load DIR, or train one"
+    assert for_the_app("pass --allow-pickle only if you trust it") == "start bardterm with --allow-pickle only if you trust it"
+    assert for_the_app("(--repetition-penalty 1 for plain argmax)", ["repetition_penalty"]) == \
+        "(/set repetition_penalty 1 for plain argmax)"
+    assert for_the_app("seeded by --seed") == "seeded by /set seed"
+    assert for_the_app("--unknown-flag stays") == "--unknown-flag stays"
+
+
+def test_frames_come_at_a_steady_pace_that_lets_text_flow():
+    from bardterm.tui.streaming import frame_delay
+
+    # a chat frame in a real terminal costs about 6 ms of the UI thread, the first about 20 ms: neither may
+    # hold the next frame back more than 1/8 s, or a reply of half a second arrives in a few jumps
+    assert frame_delay(0.0) == frame_delay(0.006) == pytest.approx(1 / 15)
+    assert frame_delay(0.020) <= 1 / 8
+    assert frame_delay(1.0) == pytest.approx(1 / 8)  # however costly, still 8 frames a second
+
+
+def test_a_paste_with_esc_arrives_whole_and_in_order():
+    from textual import events
+
+    from bardterm.tui.paste import PasteSafeParser
+
+    def parse(*reads):
+        parser = PasteSafeParser()
+        return [(type(t).__name__, getattr(t, "text", None) or getattr(t, "key", None))
+                for read in reads for t in parser.feed(read)]
+
+    assert parse("\x1b[200~AAA\x1b[31mBBB CCC\x1b[201~") == [("Paste", "AAA\x1b[31mBBB CCC")]
+    long = "x" * 20 + "\x1b[1m" + "y" * 60 + "\x1b" + "z" * 5
+    assert parse("a\x1b[200~" + long + "\x1b[201~b") == [("Key", "a"), ("Paste", long), ("Key", "b")]
+    # a paste split over several reads, its end marker too
+    assert parse("\x1b[200~AA\x1b[3", "1mBB\x1b[2", "01~") == [("Paste", "AA\x1b[31mBB")]
+    assert isinstance(list(PasteSafeParser().feed("\x1b[200~hi\x1b[201~"))[0], events.Paste)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(group)
     add_plugin_argument(group, top_level=True)
     group.add_argument("--decoder", metavar="NAME", help="decoder or preset to start with (default: creative)")
-    group.add_argument("--seed", type=int, metavar="N", help="seed every generation (default: random)")
+    group.add_argument("--seed", metavar="N", help="seed every generation: a whole number >= 0, or random (-1 or "
+                       "'random', the default)")
     group.add_argument("--max-new-tokens", default=MAX_NEW_TOKENS.default, metavar="N",
                        help=f"{MAX_NEW_TOKENS.help} (default: {MAX_NEW_TOKENS.default})")
     group.add_argument("--user-name", default="ROMEO", metavar="NAME", help="your speaker name (default: ROMEO)")
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Open the app; raises BardtermError (shown as one line by the CLI) for a bad option."""
+    from bardterm.params import parse_seed
+    from bardterm.precision import resolve as resolve_precision
     from bardterm.plugins import load_plugin
     from bardterm.tui.app import BardtermApp, Options
     from bardterm.tui.conversation import ChatFrame
@@ -39,9 +42,13 @@ def run(args: argparse.Namespace) -> int:
     for spec in getattr(args, "plugin", None) or []:
         load_plugin(spec)
     template = args.template.replace("\\n", "\n") if args.template else None
-    ChatFrame(args.user_name, args.model_name, **({"template": template} if template else {}))  # refuse bad ones now
+    # refuse bad options now, with one line, not once the window is open
+    ChatFrame(args.user_name, args.model_name, **({"template": template} if template else {}))
+    seed = parse_seed(args.seed) if args.seed is not None else None
+    if args.dtype:
+        resolve_precision(args.dtype, "cpu")  # only its name is checked here: the device's own check comes at loading
     options = Options(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, decoder=args.decoder,
-                      seed=args.seed, resume=args.resume, allow_pickle=args.allow_pickle,
+                      seed=seed, resume=args.resume, allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, user_name=args.user_name,
                       model_name=args.model_name, template=template, max_new_tokens=MAX_NEW_TOKENS.validate(args.max_new_tokens))
     app = BardtermApp(options)

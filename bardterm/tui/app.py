@@ -11,11 +11,12 @@ there). Every generation is a `bardterm.engine.Generation` run by `Stream` in a 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -23,13 +24,16 @@ from textual.widgets import Footer, Header, LoadingIndicator, Static, TabbedCont
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
-from bardterm.tui import commands
+from bardterm.tui import commands, paste
 from bardterm.tui.chat import ChatPane
 from bardterm.tui.compose import ComposePane
 from bardterm.tui.conversation import ChatFrame, ChatSession
 from bardterm.tui.decoder_panel import DecoderPanel
 from bardterm.tui.host import ModelHost
 from bardterm.tui.streaming import Stream, describe_stats, leave_stuck_threads
+from bardterm.tui.wording import for_the_app
+
+QUIT_AGAIN_S = 5.0  # a second Ctrl+Q within this long quits without the unsent text
 
 
 @dataclass
@@ -65,12 +69,14 @@ class BardtermApp(App):
 
     def __init__(self, options: Options | None = None):
         super().__init__()
+        paste.install()  # a pasted ESC must not scramble the paste (Textual 8.2's parser does)
         self.options = options or Options()
         o = self.options
         frame = ChatFrame(o.user_name, o.model_name, **({"template": o.template} if o.template else {}))
         self.session = ChatSession(frame, report=lambda message: self.notify(message, severity="error", timeout=12))
         self.host = ModelHost(o.max_new_tokens)
         self.last_tokens: list = []  # the last generation's tokens, for the inspector (F3)
+        self._quit_asked: float | None = None  # when Ctrl+Q last asked about unsent text
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -336,8 +342,16 @@ class BardtermApp(App):
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
                markup: bool = False) -> None:
-        """Every message may quote model or plugin text: never markup, never raw control characters."""
-        super().notify(sanitize(str(message)), title=title, severity=severity, timeout=timeout, markup=markup)
+        """Every message may quote model or plugin text: never markup, never raw control characters; and
+        a message written for the command line says the app's way instead of a flag."""
+        parameters = self.host.registry.params() if self.host.registry is not None else ()
+        message = for_the_app(sanitize(str(message)), parameters)
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Paste):  # pasted control characters shown, never sent to the terminal raw
+            event.text = sanitize(event.text.replace("\r\n", "\n").replace("\r", "\n"))
+        await super().on_event(event)
 
     async def run_async(self, **kwargs):
         result = await super().run_async(**kwargs)
@@ -345,6 +359,14 @@ class BardtermApp(App):
         return result
 
     async def action_quit(self) -> None:
+        """Ctrl+Q: quit, saving a reply under way as a stopped turn; unsent text is not lost without asking."""
+        unsent = [what for what, box in (("the message box", "#prompt"), ("the compose draft", "#draft"))
+                  if self.query_one(box).text.strip()]
+        if unsent and (self._quit_asked is None or time.monotonic() - self._quit_asked > QUIT_AGAIN_S):
+            self._quit_asked = time.monotonic()
+            self.notify(f"{' and '.join(unsent)} {'has' if len(unsent) == 1 else 'have'} text that is not saved: "
+                        f"press Ctrl+Q again to quit anyway", severity="warning", timeout=QUIT_AGAIN_S)
+            return
         self.chat.keep_partial()
         self.action_stop()
         self.exit()

@@ -144,6 +144,10 @@ class ChatPane(Vertical):
         views = self.transcript.query(TurnView)
         if replaced and views:
             views.last().remove()
+        seed = self.host.choice.seed
+        if replaced and seed is not None:  # else the same reply again looks like a bug
+            self.notify(f"the seed is fixed ({seed}), so the same setup gives the same reply: /set seed random, "
+                        "or change the decoder (F2), for another")
         self.start_reply()
 
     def start_reply(self) -> None:

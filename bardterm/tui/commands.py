@@ -16,7 +16,8 @@ from typing import Callable
 from bardterm.errors import BardtermError
 from bardterm.generation import MAX_NEW_TOKENS
 from bardterm.tui.conversation import ChatFrame
-from bardterm.tui.settings import DecoderChoice, parse_seed
+from bardterm.params import parse_seed
+from bardterm.tui.settings import DecoderChoice
 
 SESSION_SETTINGS = {
     "seed": "an integer >= 0, or 'random'",

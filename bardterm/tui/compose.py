@@ -61,14 +61,23 @@ class ComposePane(Vertical):
         self._start(self._remove_pending())
 
     def action_accept(self) -> None:
-        if self.pending is not None and not self.generating:
-            self.pending = None
-            self._set_help("accepted")
+        if self.generating:
+            return
+        if self.pending is None:
+            self.notify("nothing to accept: Ctrl+G continues the draft first", severity="warning")
+            return
+        self.pending = None
+        self._set_help("accepted")
 
     def action_undo_continuation(self) -> None:
-        if self.pending is not None and not self.generating:
-            self._remove_pending()
-            self._set_help("undone")
+        if self.generating:
+            return
+        if self.pending is None:  # said, not silent: Ctrl+L or an edit made the continuation part of the draft
+            self.notify("nothing to undo: the last continuation is part of the draft now (accepted with Ctrl+L, "
+                        "or edited); Ctrl+Z undoes edits", severity="warning")
+            return
+        self._remove_pending()
+        self._set_help("undone")
 
     def cancel(self) -> None:
         if self.stream is not None:

@@ -12,10 +12,11 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from bardterm.errors import BardtermError
-from bardterm.params import Param
+from bardterm.params import Param, parse_seed
 from bardterm.registry import Registry
 from bardterm.tui.host import ModelHost
-from bardterm.tui.settings import DecoderChoice, parse_seed
+from bardterm.tui.settings import DecoderChoice
+from bardterm.tui.wording import for_the_app
 
 
 class ParamField(Vertical):
@@ -70,10 +71,10 @@ class DecoderPanel(VerticalScroll):
         processors = [n for n, c in registry.decoders.items() if c.kind == "processor"]
         widgets = [
             Label("Preset", classes="heading"),
-            Select([(f"{n} — {p.help}", n) for n, p in registry.presets.items()], prompt="apply a preset…",
+            Select([(f"{n} — {self.say(p.help)}", n) for n, p in registry.presets.items()], prompt="apply a preset…",
                    id="preset", compact=True),
             Label("Selection strategy", classes="heading"),
-            Select([(f"{n} — {registry.decoders[n].help}", n) for n in selectors], value=self.choice.selector,
+            Select([(f"{n} — {self.say(registry.decoders[n].help)}", n) for n in selectors], value=self.choice.selector,
                    allow_blank=False, id="selector", compact=True),
         ]
         for name in selectors:
@@ -82,7 +83,7 @@ class DecoderPanel(VerticalScroll):
         widgets.append(Label("Processor chain (applied top to bottom)", classes="heading"))
         rows = [self._processor_row(name) for name in processors]
         widgets.append(Vertical(*rows, id="chain"))
-        widgets += [Label("Seed (blank: random)", classes="heading"),
+        widgets += [Label("Seed (blank or -1: random)", classes="heading"),
                     Input("" if self.choice.seed is None else str(self.choice.seed), id="seed", compact=True),
                     Static("", id="seed-error", classes="error"),
                     Label("Setup", classes="heading"), Static("", id="summary")]
@@ -95,10 +96,14 @@ class DecoderPanel(VerticalScroll):
         plugin = self.registry.plugin_of.get(name, "")
         source = "" if plugin.startswith("bardterm.") else f" [dim]({plugin})[/]"
         head = Horizontal(Checkbox(f"{name}{source}", value=name in self.choice.chain, id=f"use-{name}",
-                                   tooltip=cls.help, compact=True),
+                                   tooltip=self.say(cls.help), compact=True),
                           Button("↑", id=f"up-{name}", compact=True), Button("↓", id=f"down-{name}", compact=True),
                           classes="processor-head")
         return Vertical(head, Vertical(*fields, classes="processor-params"), id=f"row-{name}", classes="processor")
+
+    def say(self, text: str) -> str:
+        """Help and errors are shared with the CLI: put their flags the app's way."""
+        return for_the_app(text, self.registry.params() if self.registry is not None else ())
 
     def close_menus(self) -> None:
         """Fold any open drop-down (the panel is being hidden)."""
@@ -192,7 +197,7 @@ class DecoderPanel(VerticalScroll):
         try:
             value = field.param.validate(raw, owner=field.owner)
         except BardtermError as error:
-            field.show_error(str(error))
+            field.show_error(self.say(str(error)))
             return
         field.show_error("")
         if self.choice.value(self.registry, field.owner, field.param.name) != value:
@@ -204,7 +209,7 @@ class DecoderPanel(VerticalScroll):
         try:
             seed = parse_seed(raw)
         except BardtermError as problem:
-            error.update(str(problem))
+            error.update(self.say(str(problem)))
             return
         error.update("")
         if seed != self.choice.seed:

@@ -106,15 +106,3 @@ def resolve(registry: Registry, key: str, selector: str, chain: list[str]) -> tu
         raise InvalidParameter(f"unknown setting {key!r}: /help lists settings, F2 shows every decoder's parameters")
     return resolve_setting(registry, key, selector, {selector, *chain})
 
-
-def parse_seed(raw: str) -> int | None:
-    raw = str(raw).strip()
-    if raw in ("", "random", "none"):
-        return None
-    try:
-        seed = int(raw)
-    except ValueError:
-        raise BardtermError(f"invalid seed {raw!r}: use a whole number >= 0, or 'random'") from None
-    if not 0 <= seed < 2**63:
-        raise BardtermError(f"invalid seed {raw!r}: use a whole number >= 0, or 'random'")
-    return seed
