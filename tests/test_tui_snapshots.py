@@ -47,7 +47,7 @@ async def settle(pilot, condition=lambda app: True, timeout: float = 30.0):
         editor.cursor_blink = False  # a blinking cursor is caught on or off at random
     app.clear_notifications()
     if app.query("#stats"):
-        app.show_stats(STATS)
+        app.status.show_stats(STATS)
     await pilot.pause()
 
 

@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.text import Text
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Footer, Header, LoadingIndicator, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
@@ -30,6 +29,7 @@ from bardterm.tui.compose import ComposePane
 from bardterm.tui.conversation import ChatFrame, ChatSession
 from bardterm.tui.decoder_panel import DecoderPanel
 from bardterm.tui.host import ModelHost
+from bardterm.tui.statusbar import StatusBar
 from bardterm.tui.streaming import Stream, describe_stats, leave_stuck_threads
 from bardterm.tui.wording import for_the_app
 
@@ -87,12 +87,7 @@ class BardtermApp(App):
                 with TabPane("Compose", id="compose-tab"):
                     yield ComposePane(self.host, id="compose")
             yield DecoderPanel(self.host, id="decoders")
-        with Horizontal(id="statusbar"):
-            yield LoadingIndicator(id="loading")
-            yield Static("", id="model-status")
-            yield Static("", id="decoder-status")
-            yield Static("", id="context-status")
-            yield Static("", id="stats")
+        yield StatusBar(id="statusbar")
         yield Footer()
 
     @property
@@ -107,6 +102,10 @@ class BardtermApp(App):
     def panel(self) -> DecoderPanel:
         return self.query_one("#decoders", DecoderPanel)
 
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one("#statusbar", StatusBar)
+
     def on_mount(self) -> None:
         self.panel.display = False
         try:
@@ -118,7 +117,7 @@ class BardtermApp(App):
             if latest is None:
                 self.notify("no saved conversation to continue: starting a new one")
             else:
-                self.resume(latest)
+                self.chat.resume(latest)
         self.query_one("#prompt").focus()
         from bardterm.models import default_checkpoint
 
@@ -198,31 +197,23 @@ class BardtermApp(App):
             self.notify(message, title="model not loaded", severity="error", timeout=15)
 
     def _show_model_status(self) -> None:
-        host = self.host
-        self.query_one("#loading").display = host.loading is not None
-        if host.loading is not None:
-            text = f"loading {Path(host.loading).name}…"
-        elif host.loaded is not None:
-            text = f"{host.loaded.path.name} · {host.loaded.device} · {host.loaded.dtype_label or host.loaded.dtype}"
-        else:
-            text = "no model: /load DIR"
-        self.query_one("#model-status", Static).update(Text(sanitize(text)))
+        self.status.show_model(self.host.loaded, self.host.loading)
 
     # -- what the panes say ---------------------------------------------------------------------------------
 
     def on_stream_updated(self, event: Stream.Updated) -> None:
         shown = event.stream.shown
         if shown is not None:
-            self.show_stats(describe_stats(shown.stats, running=True))
+            self.status.show_stats(describe_stats(shown.stats, running=True))
 
     def on_stream_finished(self, event: Stream.Finished) -> None:
         """Every generation that ends (chat, compose, compare): its stats, its tokens for F3, its notices."""
         result, label = event.result, event.stream.label
         self.last_tokens = result.tokens
         stopped = " · stopped" if result.stop_reason == "cancelled" else ""
-        self.show_stats((f"{label}: " if label else "") + describe_stats(result.stats) + stopped)
+        self.status.show_stats((f"{label}: " if label else "") + describe_stats(result.stats) + stopped)
         if result.notices:
-            self.show_context(" · ".join(result.notices))
+            self.status.show_context(" · ".join(result.notices))
 
     def on_stream_failed(self, event: Stream.Failed) -> None:
         label = event.stream.label
@@ -233,24 +224,15 @@ class BardtermApp(App):
         commands.run(self, event.text)
 
     def on_chat_pane_context_note(self, event: ChatPane.ContextNote) -> None:
-        self.show_context(event.text)
+        self.status.show_context(event.text)
 
     def on_decoder_panel_changed(self, event: DecoderPanel.Changed) -> None:
         self.show_decoder()
 
-    def show_stats(self, text: str) -> None:
-        self.query_one("#stats", Static).update(text, layout=False)  # its size is fixed: no relayout per frame
-
-    def show_context(self, text: str) -> None:
-        """How the prompt was fitted to the model's context: quiet, in the status line, not a notification."""
-        self.query_one("#context-status", Static).update(Text(sanitize(text), style="dim"))
-
     def show_decoder(self) -> None:
         choice = self.host.choice
         if choice is not None:
-            label = choice.name(self.host.registry)
-            seed = f" · seed {choice.seed}" if choice.seed is not None else ""
-            self.query_one("#decoder-status", Static).update(Text(sanitize(label + seed)))
+            self.status.show_decoder(choice.name(self.host.registry), choice.seed)
 
     def note(self, text: str) -> None:
         self.query_one("#tabs", TabbedContent).active = "chat-tab"
@@ -261,38 +243,13 @@ class BardtermApp(App):
 
     # -- conversations --------------------------------------------------------------------------------------
 
-    def resume(self, conversation_id: int | None) -> None:
-        if conversation_id is None:
-            return
-        if self.chat.generating:
-            self.notify("a reply is being generated: press Esc first", severity="warning")
-            return
-        try:
-            conversation = self.session.resume(conversation_id)
-        except BardtermError as error:
-            self.notify(str(error), severity="error")
-            return
-        self.chat.show(conversation.turns)
-        if self.session.awaiting_reply():
-            self.notify("the last message has no reply (bardterm stopped before it was written): Ctrl+R asks "
-                        "for it")
-
-    def new_conversation(self) -> None:
-        if self.chat.generating:
-            raise BardtermError("a reply is being generated: press Esc to stop it, then /clear")
-        self.session.new()
-        self.last_tokens = []
-        self.chat.show([])
-        self.show_context("")
-        self.notify("new conversation")
-
     def action_conversations(self) -> None:
         if self.session.store is None:
             self.notify("the conversation store could not be opened", severity="error")
             return
         from bardterm.tui.picker import PickerScreen
 
-        self.push_screen(PickerScreen(self.session.store.conversations()), callback=self.resume)
+        self.push_screen(PickerScreen(self.session.store.conversations()), callback=self.chat.resume)
 
     # -- keys -----------------------------------------------------------------------------------------------
 

@@ -93,6 +93,32 @@ class ChatPane(Vertical):
             if turn.speaker == "user":
                 self.prompt.remember(turn.text)
 
+    def resume(self, conversation_id: int | None) -> None:
+        """Continue a saved conversation (None: the picker was closed)."""
+        if conversation_id is None:
+            return
+        if self.generating:
+            self.notify("a reply is being generated: press Esc first", severity="warning")
+            return
+        try:
+            conversation = self.session.resume(conversation_id)
+        except BardtermError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.show(conversation.turns)
+        if self.session.awaiting_reply():
+            self.notify("the last message has no reply (bardterm stopped before it was written): Ctrl+R asks "
+                        "for it")
+
+    def clear(self) -> None:
+        """A new conversation; the old one stays in the store."""
+        if self.generating:
+            raise BardtermError("a reply is being generated: press Esc to stop it, then /clear")
+        self.session.new()
+        self.show([])
+        self.post_message(self.ContextNote(""))
+        self.notify("new conversation")
+
     def note(self, text: str) -> None:
         """Something bardterm says (command output): shown in the transcript, never saved or sent."""
         self.transcript.mount(Static(Text(text), classes="note"))

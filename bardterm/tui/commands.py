@@ -129,7 +129,8 @@ def _export(app, args):
 
 @command("/clear", "", "start a new conversation (the old one stays in the picker, Ctrl+O)")
 def _clear(app, args):
-    app.new_conversation()
+    app.chat.clear()
+    app.last_tokens = []
 
 
 @command("/compare", "SETUP SETUP [SETUP [SETUP]]", "the same prompt through 2 to 4 setups side by side; a setup "
