@@ -100,6 +100,16 @@ def _new_gelu_(x):
 
 
 def _has_hooks(model) -> bool:
+    """Whether a hook would miss calls that the lean step makes without the modules. transformers' own
+    output-capturing hooks, which it leaves on the layers after one call with output_hidden_states (contrastive
+    search's), record only inside the model's forward: they do not count, or one contrastive run would cost every
+    later generation its lean step."""
     if any((torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks)):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(m._forward_pre_hooks or any(not _captures_outputs(hook) for hook in m._forward_hooks.values())
+               for m in model.modules())
+
+
+def _captures_outputs(hook) -> bool:
+    return (getattr(hook, "__name__", "") == "output_capturing_hook"
+            and getattr(hook, "__module__", "").startswith("transformers."))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import TEXT
+from conftest import TEXT, make_gpt2
 
 from bardterm.decoders.base import Hypothesis, Processor, Selector
 from bardterm.engine import DecodeRun, DecoderFault, Generation, cache_argument, generate
@@ -402,6 +402,15 @@ def test_the_lean_gpt2_step_gives_exactly_the_models_logits(tokenizer, activatio
             assert torch.equal(fast, reference)
             next_ids = fast.argmax(dim=-1, keepdim=True)
     assert ours.get_seq_length() == theirs.get_seq_length() == prompt.shape[1] + 6
+
+
+def test_the_lean_step_survives_a_forward_that_asked_for_hidden_states(tokenizer):
+    from bardterm.fast_gpt2 import gpt2_decode_step
+
+    model = make_gpt2(tokenizer, seed=5)
+    with torch.no_grad():  # as contrastive search does: transformers leaves its output-capturing hooks on the layers
+        model(input_ids=torch.tensor([[3, 9]]), output_hidden_states=True)
+    assert gpt2_decode_step(model) is not None
 
 
 def test_the_lean_step_is_only_used_where_it_is_exact(gpt2, llama):
