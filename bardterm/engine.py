@@ -98,8 +98,9 @@ class DecodeRun:
 
     def __init__(self, model, prompt_ids, chain: list[Processor], generator: torch.Generator,
                  max_new_tokens: int, min_new_tokens: int, eos_token_ids: set[int],
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, tokenizer=None):
         self.model = model
+        self.tokenizer = tokenizer
         self.prompt_ids = prompt_ids
         self.prompt_length = prompt_ids.shape[1]
         self.step = 0
@@ -246,7 +247,7 @@ class Generation:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
         self.run = DecodeRun(model, ids.to(device), setup.chain, generator, max_new_tokens, min_new_tokens,
-                             eos_ids(model, tokenizer) | {int(i) for i in stop_token_ids}, self._cancel)
+                             eos_ids(model, tokenizer) | {int(i) for i in stop_token_ids}, self._cancel, tokenizer)
 
     def cancel(self) -> None:
         """Stop after the current token; safe to call from any thread."""

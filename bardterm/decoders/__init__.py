@@ -11,5 +11,13 @@ BUILTIN_MODULES = (
     "bardterm.decoders.temperature",
     "bardterm.decoders.top_k",
     "bardterm.decoders.top_p",
+    "bardterm.decoders.min_p",
+    "bardterm.decoders.typical",
+    "bardterm.decoders.epsilon",
+    "bardterm.decoders.eta",
+    "bardterm.decoders.top_n_sigma",
+    "bardterm.decoders.xtc",
+    "bardterm.decoders.dry",
+    "bardterm.decoders.logit_bias",
     "bardterm.decoders.presets",
 )
