@@ -1,0 +1,116 @@
+"""Output held to a grammar, a bardterm plugin: a JSON schema or a regular expression, with llguidance.
+
+    bardterm generate '{"name": "' --plugin bardterm_grammar --decoder grammar --json-schema @person.json
+
+Each step the processor asks llguidance (github.com/guidance-ai/llguidance) which tokens can continue the
+text so that it still matches, and rules out every other token: whatever the sampler then picks keeps the
+output valid, and once it is complete only the end-of-text token is left. llguidance was chosen over
+xgrammar and outlines-core because it works on the tokenizer's own byte-level BPE vocabulary with nothing
+to precompute: a JSON schema is ready in about 1 ms and each step's mask takes about 30 microseconds on a
+CPU (4096-token vocabulary), where outlines-core first builds an index over the whole vocabulary. JSON is
+kept compact (no whitespace between items), which a small model cannot pad out forever.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from bardterm.decoders.base import Processor
+from bardterm.errors import BardtermError
+from bardterm.hookspecs import hookimpl
+from bardterm.params import InvalidParameter, Param
+
+bardterm_api = 1  # the plugin API this was written for; bardterm refuses the plugin if its own differs
+
+
+class Grammar(Processor):
+    name = "grammar"
+    help = "Hold the output to a JSON schema or a regular expression (llguidance): invalid tokens are ruled out."
+    order = 1  # first: the samplers after it choose among the tokens the grammar allows
+    params = (
+        Param("json_schema", str, "", "A JSON schema the output must match: the JSON itself, or @FILE."),
+        Param("regex", str, "", "A regular expression the whole output must match."),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.grammar = compile_grammar(self.json_schema, self.regex)  # refused here, before any token
+        self._tokenizer = self._llguidance_tokenizer = None
+
+    def start(self, run):
+        import llguidance
+
+        if run.tokenizer is not self._tokenizer:  # ~20 ms for 4096 tokens, ~1 s for 50k: once per tokenizer
+            import llguidance.hf
+
+            self._llguidance_tokenizer = llguidance.hf.from_tokenizer(run.tokenizer)
+            self._tokenizer = run.tokenizer
+        self.matcher = llguidance.LLMatcher(self._llguidance_tokenizer, self.grammar)
+        if self.matcher.is_error():
+            raise InvalidParameter(f"grammar: {self.matcher.get_error()}")
+        self.prompt_length = run.prompt_ids.shape[1]
+        self.consumed: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[0] != 1:
+            raise BardtermError("grammar holds one text at a time: use it with greedy or sample, not beam search")
+        self._catch_up(input_ids[0, self.prompt_length:].tolist())
+        allowed = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()), dtype=torch.uint8) > 0
+        mask = torch.zeros(scores.shape[-1], dtype=torch.bool)
+        size = min(len(allowed), len(mask))
+        mask[:size] = allowed[:size]  # tokens the tokenizer does not know (a padded vocabulary) are never allowed
+        return scores.masked_fill(~mask.to(scores.device), -float("inf"))
+
+    def _catch_up(self, generated: list[int]) -> None:
+        """Feed the matcher the tokens chosen since the last step (from scratch if the text is another one)."""
+        if generated[:len(self.consumed)] != self.consumed:
+            self.matcher.reset()
+            self.consumed = []
+        new = generated[len(self.consumed):]
+        if new and not self.matcher.consume_tokens(new):
+            raise BardtermError(f"grammar: the text left the grammar ({self.matcher.get_error()})")
+        self.consumed = generated
+
+
+def compile_grammar(json_schema: str, regex: str) -> str:
+    """llguidance's grammar for exactly one of a JSON schema (text, or @FILE) and a regular expression."""
+    import llguidance
+
+    if bool(json_schema) == bool(regex):
+        raise InvalidParameter("grammar needs exactly one of json_schema and regex, e.g. --json-schema "
+                               "'{\"type\": \"object\"}' or --regex '[0-9]+'")
+    if regex:
+        grammar, what = llguidance.LLMatcher.grammar_from_regex(regex), f"regex {regex!r}"
+    else:
+        schema = _read_schema(json_schema)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        what = "json_schema"
+    problem = llguidance.LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise InvalidParameter(f"invalid {what}: {' '.join(problem.split())}")
+    return grammar
+
+
+def _read_schema(text: str) -> dict:
+    source = text
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as error:
+            raise InvalidParameter(f"json_schema {source}: cannot read it ({error.strerror})") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as error:
+        problem = f"{error.msg} at character {error.pos}"
+        raise InvalidParameter(f"json_schema {source[:40]!r} is not JSON: {problem}") from None
+    if not isinstance(schema, dict):
+        raise InvalidParameter("json_schema must be a JSON object, e.g. {\"type\": \"object\"}")
+    return schema
+
+
+@hookimpl
+def register_decoders(register):
+    register(Grammar)
