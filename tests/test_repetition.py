@@ -62,3 +62,20 @@ def test_no_built_in_decoder_falls_into_a_loop_on_the_study_notes_prompt(shipped
     text = generation.result.text
     assert len(text.split()) > 30, text
     assert not is_degenerate(text), f"{decoder} loops (tail repetition {tail_repetition(text):.2f}):\n{text}"
+
+
+def test_dry_and_xtc_break_the_loop_plain_greedy_falls_into(shipped):
+    """What DRY and XTC exist for: plain greedy decoding repeats "CORIOLANUS:\\nI am a word." until the end;
+    with either of them in the chain the same greedy search writes on (tail repetition 0.08 with DRY)."""
+    from bardterm.engine import generate
+    from bardterm.registry import build
+
+    def greedy_through(*chain: str) -> str:
+        setup = build("greedy", chain=list(chain))
+        return generate(shipped.model, shipped.tokenizer, "To be, or not to be", setup, max_new_tokens=200,
+                        seed=1).text
+
+    assert is_degenerate(greedy_through())
+    for chain in (["dry"], ["xtc"]):
+        text = greedy_through(*chain)
+        assert len(text.split()) > 30 and not is_degenerate(text), f"{chain}: {text}"

@@ -21,7 +21,7 @@ from bardterm.decoders.base import Processor
 from bardterm.hookspecs import hookimpl
 from bardterm.params import InvalidParameter, Param
 
-_ENTRY = re.compile(r'("(?:[^"\\]|\\.)*"|[^,]*?)=([^,=]*)(?:,|$)')
+_ENTRY = re.compile(r'(\s*"(?:[^"\\]|\\.)*"\s*|[^,="]*)=([^,]*)(?:,|$)')  # KEY=BIAS, KEY maybe quoted
 _EXAMPLE = '" Romeo=-5, 50256=-inf"'
 
 
@@ -39,7 +39,7 @@ def parse_logit_bias(text: str) -> list[tuple[int | str, float]]:
             raise _invalid(text, f"{bias!r} is not a number (-inf bans)") from None
         if math.isnan(value) or value == math.inf:
             raise _invalid(text, f"bias {bias} is not allowed: give a number, or -inf to ban")
-        if key.startswith('"'):
+        if key.strip().startswith('"'):
             key = json.loads(key)
         elif key.strip().isdigit():
             key = int(key)
