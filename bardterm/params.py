@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bardterm.errors import BardtermError
 
@@ -33,6 +33,9 @@ class Param:
     max_inclusive: bool = True
     choices: tuple | None = None
     hint: str = ""  # said when a value is refused, e.g. "for deterministic output use --decoder greedy"
+    check: Callable[[Any], Any] | None = None
+    """For text with a format of its own (a list of breakers, token biases): called with the value, it raises
+    InvalidParameter, saying what is wrong, for a value it cannot take."""
 
     def __post_init__(self):
         if self.type not in _TYPES:
@@ -69,6 +72,8 @@ class Param:
             where = f" (decoder {owner})" if owner and owner != self.name else ""
             message = f"invalid {self.name}={value}{where}: must be {self.allowed()}"
             raise InvalidParameter(message + (f" ({self.hint})" if self.hint else ""))
+        if self.check is not None:
+            self.check(converted)
         return converted
 
     def _convert(self, value: Any) -> Any:

@@ -88,3 +88,15 @@ def test_a_banned_word_never_appears_and_a_favoured_one_does(gpt2, tokenizer):
     forced = generate(gpt2, tokenizer, "ROMEO:", build("greedy", chain=["logit_bias"], logit_bias=f"{favoured}=100"),
                       max_new_tokens=5)
     assert forced.token_ids == [favoured] * 5
+
+
+def test_the_declared_parameter_refuses_bad_text_wherever_it_is_set():
+    """The check is part of the Param, so the F2 panel's field, /set and the flags all refuse alike."""
+    from bardterm.decoders.dry import Dry
+
+    declared = {p.name: p for p in (*LogitBias.params, *Dry.params)}
+    assert declared["logit_bias"].validate(" Romeo=-5") == " Romeo=-5"
+    with pytest.raises(InvalidParameter, match="expected KEY=BIAS"):
+        declared["logit_bias"].validate("Romeo")
+    with pytest.raises(InvalidParameter, match="JSON strings"):
+        declared["dry_sequence_breakers"].validate("\\n, :")

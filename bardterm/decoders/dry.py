@@ -115,12 +115,12 @@ class Dry(Processor):
         Param("dry_penalty_last_n", int, -1, "How many of the last tokens to look for runs in (-1: all).",
               min=-1, hint="-1 means the whole text"),
         Param("dry_sequence_breakers", str, DEFAULT_BREAKERS,
-              "Strings that end a run, as JSON strings separated by commas."),
+              "Strings that end a run, as JSON strings separated by commas.", check=parse_breakers),
     )
 
     def __init__(self, **values):
         super().__init__(**values)
-        self.breaker_strings = parse_breakers(self.dry_sequence_breakers)  # refused here, before any token
+        self.breaker_strings = parse_breakers(self.dry_sequence_breakers)
         self.breakers: Breakers = {}
         self._tokenizer = None
         # The penalty as llama.cpp computes it: from float32 settings, clamped so that it cannot overflow.

@@ -59,12 +59,12 @@ class LogitBias(Processor):
     order = 5  # first, as in llama.cpp: the samplers after it see the biased distribution
     params = (
         Param("logit_bias", str, "", f"KEY=BIAS pairs separated by commas; a KEY is a token id or text, e.g. "
-              f"{_EXAMPLE}."),
+              f"{_EXAMPLE}.", check=parse_logit_bias),
     )
 
     def __init__(self, **values):
         super().__init__(**values)
-        self.entries = parse_logit_bias(self.logit_bias)  # refused here, before any token
+        self.entries = parse_logit_bias(self.logit_bias)
         self.biases: dict[int, float] = {}
         self._tokenizer = None
 

@@ -31,8 +31,10 @@ class Grammar(Processor):
     help = "Hold the output to a JSON schema or a regular expression (llguidance): invalid tokens are ruled out."
     order = 1  # first: the samplers after it choose among the tokens the grammar allows
     params = (
-        Param("json_schema", str, "", "A JSON schema the output must match: the JSON itself, or @FILE."),
-        Param("regex", str, "", "A regular expression the whole output must match."),
+        Param("json_schema", str, "", "A JSON schema the output must match: the JSON itself, or @FILE.",
+              check=lambda text: text and json_grammar(text)),
+        Param("regex", str, "", "A regular expression the whole output must match.",
+              check=lambda text: text and regex_grammar(text)),
     )
 
     def __init__(self, **values):
@@ -77,17 +79,29 @@ class Grammar(Processor):
 
 def compile_grammar(json_schema: str, regex: str) -> str:
     """llguidance's grammar for exactly one of a JSON schema (text, or @FILE) and a regular expression."""
-    import llguidance
-
     if bool(json_schema) == bool(regex):
         raise InvalidParameter("grammar needs exactly one of json_schema and regex, e.g. --json-schema "
                                "'{\"type\": \"object\"}' or --regex '[0-9]+'")
-    if regex:
-        grammar, what = llguidance.LLMatcher.grammar_from_regex(regex), f"regex {regex!r}"
-    else:
-        schema = _read_schema(json_schema)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        what = "json_schema"
+    return json_grammar(json_schema) if json_schema else regex_grammar(regex)
+
+
+def json_grammar(text: str) -> str:
+    import llguidance
+
+    schema = _read_schema(text)
+    return _checked(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False}),
+                    "json_schema")
+
+
+def regex_grammar(regex: str) -> str:
+    import llguidance
+
+    return _checked(llguidance.LLMatcher.grammar_from_regex(regex), f"regex {regex!r}")
+
+
+def _checked(grammar: str, what: str) -> str:
+    import llguidance
+
     problem = llguidance.LLMatcher.validate_grammar(grammar)
     if problem:
         raise InvalidParameter(f"invalid {what}: {' '.join(problem.split())}")
