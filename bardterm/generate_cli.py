@@ -48,7 +48,7 @@ def add_parsers(subparsers) -> None:
     add_plugin_argument(generate)
     generate.add_argument("--decoder", help="a selector, processor or preset (default: creative)")
     generate.add_argument("--chain", help="processors in the order to apply them, comma-separated "
-                          "(default order: repetition_penalty, temperature, top_k, top_p, then plugins)")
+                          "(default order: `bardterm decoders` shows it)")
     generate.add_argument("--seed", help="seed for sampling: the same seed gives the same text (-1 or 'random': "
                           "a new one each run, the default)")
     generate.add_argument("--max-new-tokens", metavar="N", help=f"{MAX_NEW_TOKENS.help} (default: the settings "
@@ -278,8 +278,9 @@ def run_decoders(args) -> int:
         settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items()) or "-"
         presets.add_row(f"[bold]{preset.name}[/]{marker}\n{preset.help}", preset.decoder, settings, preset.plugin)
     console.print(presets)
-    console.print("Processors apply in the order given by --chain, or by default: repetition_penalty, temperature, "
-                  "top_k, top_p, then plugin processors. Setting a processor's parameter adds it to the chain.")
+    processors = sorted((cls.order, name) for name, cls in registry.decoders.items() if cls.kind == "processor")
+    console.print("Processors apply in the order given by --chain, or by default: "
+                  f"{', '.join(name for _, name in processors)}. Setting a processor's parameter adds it to the chain.")
     for problem in registry.warnings():
         warn(problem)
     return 0

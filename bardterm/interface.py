@@ -76,6 +76,9 @@ class Run(Protocol):
     scores that follow them."""
     generator: "torch.Generator"
     """The seeded generator every random draw must use (`--seed`)."""
+    tokenizer: Any
+    """The model's tokenizer (transformers'), for decoders that work with text: DRY's sequence breakers, a logit
+    bias given as words, a grammar."""
     max_new_tokens: int
     min_new_tokens: int
     eos_token_ids: set[int]

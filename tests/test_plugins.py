@@ -25,7 +25,7 @@ from bardterm.engine import generate
 from bardterm.errors import BardtermError
 from bardterm.registry import build, get_registry
 
-EXAMPLES = {"min_p": "bardterm-min-p", "mirostat": "bardterm-mirostat"}  # entry-point name -> distribution
+EXAMPLES = {"grammar": "bardterm-grammar", "mirostat": "bardterm-mirostat"}  # entry-point name -> distribution
 
 PLUGIN_SOURCE = """
 import torch
@@ -111,7 +111,7 @@ def examples_installed():
     missing = [dist for dist in EXAMPLES.values() if not _installed(dist)]
     if missing:
         pytest.fail(f"example plugins not installed ({', '.join(missing)}): "
-                    "pip install -e plugins/min-p -e plugins/mirostat")
+                    "pip install -e plugins/grammar -e plugins/mirostat")
 
 
 def _installed(distribution: str) -> bool:
@@ -125,9 +125,9 @@ def _installed(distribution: str) -> bool:
 def test_examples_are_found_through_their_entry_points(fresh, examples_installed):
     found = get_registry()
     assert found.problems == [] and plugins.load_failures == []
-    assert (found.decoders["min_p"].kind, found.plugin_of["min_p"]) == ("processor", "min_p")
+    assert (found.decoders["grammar"].kind, found.plugin_of["grammar"]) == ("processor", "grammar")
     assert (found.decoders["mirostat"].kind, found.plugin_of["mirostat"]) == ("selector", "mirostat")
-    assert found.plugin_of["min_p_hot"] == "min_p"
+    assert found.plugin_of["json"] == "grammar"
     for name, distribution in EXAMPLES.items():
         assert plugins.plugin_version(name) == importlib.metadata.version(distribution)
 
@@ -135,23 +135,23 @@ def test_examples_are_found_through_their_entry_points(fresh, examples_installed
 def test_bardterm_plugins_lists_versions_and_hooks(fresh, examples_installed, capsys):
     code, out, _ = run(capsys, "plugins")
     assert code == 0
-    min_p = row(out, "min_p")
-    assert importlib.metadata.version("bardterm-min-p") in min_p
-    assert "register_decoders, register_presets" in min_p and "min_p, min_p_hot" in min_p
+    grammar = row(out, "grammar")
+    assert importlib.metadata.version("bardterm-grammar") in grammar
+    assert "register_decoders, register_presets" in grammar and "grammar, json" in grammar
     assert "register_presets" not in row(out, "mirostat")
 
 
 def test_bardterm_decoders_lists_the_examples_with_their_plugin(fresh, examples_installed, capsys):
     code, out, _ = run(capsys, "decoders")
     assert code == 0
-    assert "processor" in row(out, "min_p") and "--min-p" in row(out, "min_p")
+    assert "processor" in row(out, "grammar") and "--json-schema" in row(out, "grammar")
     assert "selector" in row(out, "mirostat") and "--tau" in row(out, "mirostat")
-    assert row(out, "min_p_hot").rstrip(" │").endswith("min_p")
+    assert row(out, "json").rstrip(" │").endswith("grammar")
 
 
 @pytest.mark.parametrize("flags, settings", [
-    (["--decoder", "min_p", "--min-p", "0.3"], {"decoder": "min_p", "min_p": 0.3}),
-    (["--decoder", "min_p_hot"], {"decoder": "min_p_hot"}),
+    (["--decoder", "grammar", "--regex", "[a-z ]+"], {"decoder": "grammar", "regex": "[a-z ]+"}),
+    (["--decoder", "json"], {"decoder": "json"}),
     (["--decoder", "mirostat", "--tau", "3", "--eta", "0.2"], {"decoder": "mirostat", "tau": 3.0, "eta": 0.2}),
     (["--tau", "4", "--top-k", "20"], {"decoder": "mirostat", "tau": 4.0, "top_k": 20}),
 ])
@@ -268,14 +268,14 @@ def test_plugin_flag_loads_a_module_by_name(fresh, tmp_path, monkeypatch):
 
 
 def test_plugin_flag_naming_an_installed_plugin_module_is_that_plugin(fresh, examples_installed):
-    assert plugins.load_plugin("bardterm_min_p") == "min_p"
+    assert plugins.load_plugin("bardterm_grammar") == "grammar"
     assert get_registry().problems == []
 
 
 def test_plugin_file_named_like_a_loaded_plugin_is_refused(fresh, examples_installed, tmp_path):
-    path = tmp_path / "min_p.py"
-    path.write_text(plugin_source("my_min_p"))
-    with pytest.raises(BardtermError, match="a different plugin named 'min_p' is already loaded: rename the file"):
+    path = tmp_path / "grammar.py"
+    path.write_text(plugin_source("my_grammar"))
+    with pytest.raises(BardtermError, match="a different plugin named 'grammar' is already loaded: rename the file"):
         plugins.load_plugin(str(path))
 
 
@@ -305,7 +305,7 @@ def test_the_plugin_guide_example_works_as_written(fresh, tmp_path, tiny_checkpo
     path = tmp_path / "my_decoders.py"
     path.write_text(textwrap.dedent(source))
     code, out, err = run(capsys, "generate", "ROMEO:", "--plugin", path, "--checkpoint", tiny_checkpoint,
-                         "--decoder", "epsilon", "--epsilon", "0.001", "--max-new-tokens", 5, "--seed", 1, "--json")
+                         "--decoder", "top_a", "--top-a", "0.5", "--max-new-tokens", 5, "--seed", 1, "--json")
     assert code == 0, err
     assert len(json.loads(out)["token_ids"]) == 5
 

@@ -21,9 +21,7 @@ import math
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import InvalidParameter, Param
+from bardterm import InvalidParameter, Param, Processor, hookimpl
 
 DEFAULT_BREAKERS = '"\\n", ":", "\\"", "*"'  # text-generation-webui's and llama.cpp's defaults
 MAX_BREAKER_CHARS = 40  # llama.cpp cuts longer breakers to this many characters

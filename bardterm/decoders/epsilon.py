@@ -8,9 +8,7 @@ Scores are identical to transformers' `EpsilonLogitsWarper` (tests/test_truncati
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
+from bardterm import Param, Processor, hookimpl
 
 
 def keep_above(scores: torch.Tensor, floor) -> torch.Tensor:

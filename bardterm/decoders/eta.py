@@ -9,10 +9,8 @@ Scores are identical to transformers' `EtaLogitsWarper` (tests/test_truncation_s
 
 import torch
 
-from bardterm.decoders.base import Processor
+from bardterm import Param, Processor, hookimpl
 from bardterm.decoders.epsilon import keep_above
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
 
 
 class Eta(Processor):

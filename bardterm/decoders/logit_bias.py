@@ -17,9 +17,7 @@ import re
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import InvalidParameter, Param
+from bardterm import InvalidParameter, Param, Processor, hookimpl
 
 _ENTRY = re.compile(r'(\s*"(?:[^"\\]|\\.)*"\s*|[^,="]*)=([^,]*)(?:,|$)')  # KEY=BIAS, KEY maybe quoted
 _EXAMPLE = '" Romeo=-5, 50256=-inf"'

@@ -8,9 +8,7 @@ Scores are identical to transformers' `MinPLogitsWarper` (tests/test_truncation_
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
+from bardterm import Param, Processor, hookimpl
 
 
 class MinP(Processor):

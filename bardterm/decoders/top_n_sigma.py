@@ -10,9 +10,7 @@ mean and the deviation, as llama.cpp does.
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
+from bardterm import Param, Processor, hookimpl
 
 
 class TopNSigma(Processor):

@@ -9,9 +9,7 @@ Scores are identical to transformers' `TypicalLogitsWarper` (tests/test_truncati
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
+from bardterm import Param, Processor, hookimpl
 
 
 class Typical(Processor):

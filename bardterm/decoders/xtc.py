@@ -10,9 +10,7 @@ its sense. The coin is drawn from the run's seeded generator, so the same seed g
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.hookspecs import hookimpl
-from bardterm.params import Param
+from bardterm import Param, Processor, hookimpl
 
 
 def exclude_top_choices(scores: torch.Tensor, threshold: float) -> torch.Tensor:

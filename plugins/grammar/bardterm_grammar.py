@@ -18,12 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bardterm.decoders.base import Processor
-from bardterm.errors import BardtermError
-from bardterm.hookspecs import hookimpl
-from bardterm.params import InvalidParameter, Param
+from bardterm import BardtermError, InvalidParameter, Param, Processor, hookimpl
 
-bardterm_api = 1  # the plugin API this was written for; bardterm refuses the plugin if its own differs
+bardterm_api = 2  # the plugin API this was written for; bardterm refuses versions it does not support
 
 
 class Grammar(Processor):
@@ -128,3 +125,9 @@ def _read_schema(text: str) -> dict:
 @hookimpl
 def register_decoders(register):
     register(Grammar)
+
+
+@hookimpl
+def register_presets(register):
+    register("json", "Sampling held to a JSON object (any keys): the grammar with the schema {\"type\": \"object\"}.",
+             decoder="sample", json_schema='{"type": "object"}')

@@ -10,8 +10,8 @@ import bardterm_grammar
 from bardterm.engine import generate
 from bardterm.errors import BardtermError
 from bardterm.params import InvalidParameter
-from bardterm.plugins import load_plugins, pm
-from bardterm.registry import build, get_registry
+from bardterm.registry import build
+from bardterm.testing import make_gpt2
 
 PERSON = {
     "type": "object",
@@ -38,44 +38,23 @@ def assert_is_a_person(text: str) -> None:
 
 
 @pytest.fixture
-def registry():
-    """The registry with this plugin in it, installed or not (registered for the test, unregistered after)."""
-    load_plugins()
-    installed = pm.is_registered(bardterm_grammar)
-    if not installed:
-        pm.register(bardterm_grammar, name="grammar")
-    try:
-        yield get_registry()
-    finally:
-        if not installed:
-            pm.unregister(name="grammar")
+def registry(register_plugin):
+    """The registry with this plugin in it, installed or not (`register_plugin` comes from `bardterm.testing`)."""
+    return register_plugin(bardterm_grammar, "grammar")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    """A tiny byte-level BPE tokenizer trained on the spot: tests never download anything."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(['{"name": "Romeo", "age": 16, "mood": "sad", "friends": ["Mercutio"]}\n'
-                             "JULIET: O Romeo, Romeo! wherefore art thou Romeo?\n"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+def gpt2(tiny_tokenizer):
+    """bardterm.testing's tiny random GPT-2, with 8 more vocabulary rows than the tokenizer has tokens, as models
+    padded to a round size have: the grammar must never allow those."""
+    model = make_gpt2(tiny_tokenizer, n_positions=256)
+    model.resize_token_embeddings(len(tiny_tokenizer) + 8)
+    return model
 
 
-@pytest.fixture(scope="module")
-def gpt2(tokenizer):
-    """A two-layer GPT-2 with random weights, and 8 more vocabulary rows than the tokenizer has tokens."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer) + 8, n_positions=256, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return GPT2LMHeadModel(config).eval()
+@pytest.fixture
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -131,6 +110,14 @@ def test_a_bad_grammar_is_refused_before_any_token_with_one_line(registry, setti
     with pytest.raises(InvalidParameter, match=re.escape(message)) as refused:
         build("grammar", registry=registry, **settings)
     assert "\n" not in str(refused.value)
+
+
+def test_the_json_preset_samples_any_json_object(registry, gpt2, tokenizer):
+    setup = build("json", registry=registry)
+    assert setup.selector.name == "sample" and [p.name for p in setup.chain] == ["grammar"]
+    results = [generate(gpt2, tokenizer, "Person:", setup, max_new_tokens=60, seed=seed) for seed in range(5)]
+    ended = [result.text for result in results if result.stop_reason == "eos"]  # the others ran out of tokens
+    assert ended and all(isinstance(json.loads(text), dict) for text in ended)
 
 
 def test_beam_search_is_refused_with_a_clear_error(registry, gpt2, tokenizer):
