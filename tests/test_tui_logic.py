@@ -174,7 +174,7 @@ def test_completions(registry):
 
     assert completions("/de") == ["/decoder "]
     assert "/decoder nucleus" in completions("/decoder nu")
-    assert completions("/set top_") == ["/set top_k", "/set top_p"]
+    assert completions("/set top_") == ["/set top_k", "/set top_n_sigma", "/set top_p"]
     assert completions("/export j") == ["/export json"]
     assert completions("/compare greedy nuc") == ["/compare greedy nucleus"]
     assert completions("/theme n") == ["/theme nord"]

@@ -83,8 +83,8 @@ def run_limit(window: list[int], breakers: Breakers) -> int:
 def run_lengths(window: torch.Tensor, limit: int, chunk: int = 32) -> torch.Tensor:
     """For each position p before the last: how many tokens ending at p equal the tokens that end the window,
     at most `limit`. Compares `chunk` tokens back at a time, for the positions whose run is still going: in
-    ordinary text nearly every run ends at once (0.5 ms for 1024 tokens), in a loop this takes limit / chunk
-    passes."""
+    ordinary text nearly every run ends at once (0.6 ms for 256 tokens, 2 ms for 2048, on one CPU thread); a
+    text that loops takes limit / chunk passes (17 ms for 2048 tokens of loop)."""
     last = window.shape[0] - 1
     lengths = torch.zeros(last, dtype=torch.long, device=window.device)
     going = torch.arange(last, device=window.device)  # the positions whose run has not ended yet
