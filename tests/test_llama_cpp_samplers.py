@@ -96,14 +96,14 @@ def test_xtc_acts_with_its_probability_and_the_same_seed_gives_the_same_coins():
     acted = {}
     for probability in (0.0, 0.3, 1.0):
         xtc = Xtc(xtc_probability=probability, xtc_threshold=0.25)
-        xtc.start(run_with_seed(7))
+        xtc.start_run(run_with_seed(7))
         out = xtc(None, scores)
         acted[probability] = torch.isinf(out[:, 0])
         assert torch.equal(out[~acted[probability]], scores[~acted[probability]])  # otherwise untouched
     assert acted[0.0].sum() == 0 and acted[1.0].all()
     assert 0.25 < acted[0.3].float().mean() < 0.35
     again = Xtc(xtc_probability=0.3, xtc_threshold=0.25)
-    again.start(run_with_seed(7))
+    again.start_run(run_with_seed(7))
     assert torch.equal(torch.isinf(again(None, scores)[:, 0]), acted[0.3])
 
 
@@ -209,7 +209,7 @@ def test_breakers_are_json_strings_and_a_bad_list_is_refused_with_a_hint():
 def test_dry_finds_the_breakers_in_a_real_tokenizer_as_llama_cpp_does():
     tokenizer = make_tokenizer()
     dry = Dry()
-    dry.start(SimpleNamespace(tokenizer=tokenizer))
+    dry.start_run(SimpleNamespace(tokenizer=tokenizer))
     newline = tokenizer.encode("\n", add_special_tokens=False)
     assert newline and () in dry.breakers[newline[0]]
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)

@@ -46,7 +46,7 @@ def test_a_bad_bias_is_refused_when_the_setup_is_built_with_one_line_and_an_exam
 
 def started(tokenizer, text: str) -> LogitBias:
     processor = LogitBias(logit_bias=text)
-    processor.start(SimpleNamespace(tokenizer=tokenizer))
+    processor.start_run(SimpleNamespace(tokenizer=tokenizer))
     return processor
 
 

@@ -125,7 +125,7 @@ class Dry(Processor):
         self._multiplier, self._base = _float32(self.dry_multiplier), _float32(self.dry_base)
         self._max_exponent = int(88.7228391 / math.log(self._base)) if self._base > 1.000001 else 0
 
-    def start(self, run):
+    def start_run(self, run):
         tokenizer = run.tokenizer
         if tokenizer is not self._tokenizer:  # a vocabulary scan (~0.1 s for 50k tokens): once per tokenizer
             pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)

@@ -66,7 +66,7 @@ class LogitBias(Processor):
         self.biases: dict[int, float] = {}
         self._tokenizer = None
 
-    def start(self, run):
+    def start_run(self, run):
         if run.tokenizer is not self._tokenizer:
             self.biases = token_biases(self.entries, run.tokenizer)
             self._tokenizer = run.tokenizer

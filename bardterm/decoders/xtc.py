@@ -35,7 +35,7 @@ class Xtc(Processor):
               "one token can be, so XTC would never act).", min=0, max=0.5, min_inclusive=False),
     )
 
-    def start(self, run):
+    def start_run(self, run):
         self.generator = run.generator
 
     def __call__(self, input_ids, scores):

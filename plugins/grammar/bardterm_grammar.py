@@ -39,7 +39,7 @@ class Grammar(Processor):
         self.grammar = compile_grammar(self.json_schema, self.regex)  # refused here, before any token
         self._tokenizer = self._llguidance_tokenizer = None
 
-    def start(self, run):
+    def start_run(self, run):
         import llguidance
 
         if run.tokenizer is not self._tokenizer:  # ~20 ms for 4096 tokens, ~1 s for 50k: once per tokenizer
