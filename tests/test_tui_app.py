@@ -87,6 +87,23 @@ class Hang(Processor):
         return scores
 
 
+class HangPolling(Processor):
+    """A plugin whose fourth step waits until the run is cancelled: it polls `run.cancelled`."""
+
+    name = "hang_polling_test"
+    help = "Waits for a cancel in its fourth step."
+
+    def start_run(self, run):
+        self.steps = 0
+
+    def __call__(self, input_ids, scores):
+        self.steps += 1
+        deadline = time.monotonic() + 60  # without a cancel it would hold its thread for a minute
+        while self.steps == 4 and not self.run.cancelled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return scores
+
+
 class TestPlugin:
     @hookimpl
     def register_decoders(self, register):
@@ -94,6 +111,7 @@ class TestPlugin:
         register(Broken)
         register(Gate)
         register(Hang)
+        register(HangPolling)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,6 +280,26 @@ async def test_a_processor_that_never_returns_is_given_up_and_the_app_goes_on(ma
         Hang.released.set()
         Stream.given_up.clear()
     assert [s for s, _, p in stored(home)[0]] == ["user", "model", "user", "model"]
+
+
+async def test_a_step_given_up_that_polls_the_cancelled_flag_frees_its_thread(make_app, home, monkeypatch):
+    import bardterm.engine
+    from bardterm.tui.streaming import Stream
+
+    monkeypatch.setattr(bardterm.engine, "SLOW_STEP_S", 0.5)
+    app = make_app(max_new_tokens=8, template="{name}: {text}")
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ready(pilot)
+            app.host.choice.add(app.host.registry, "hang_polling_test")
+            await submit(pilot, "Hold")
+            stuck = app.chat.stream
+            await wait_for(pilot, lambda: not app.host.generating)
+            await pilot.pause()
+            assert [m for m in messages(app) if "hang_polling_test" in m]  # given up, as any stuck step
+            await wait_for(pilot, lambda: stuck.thread_done, timeout=20)  # the cancel ends its step: no busy thread
+    finally:
+        Stream.given_up.clear()
 
 
 async def test_regenerate_replaces_the_last_reply(make_app, home):

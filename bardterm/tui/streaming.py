@@ -94,6 +94,7 @@ class Stream:
             given_up, self.running = self.running, False
         self._watch.stop()
         if given_up:
+            self.generation.cancel()  # a step that polls `run.cancelled` ends now and frees its thread
             Stream.given_up.append(self)
             self.target.post_message(Stream.Failed(self, f"{stuck}: stopped this generation without it (its "
                                                          "thread stays busy); use another decoder"))
