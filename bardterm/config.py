@@ -32,7 +32,7 @@ from bardterm.generation import MAX_NEW_TOKENS
 from bardterm.params import InvalidParameter, Param
 
 SETTINGS = (
-    Param("decoder", str, "creative", "the decoder or preset to start with"),
+    Param("decoder", str, "creative", "the decoder or preset to start with"),  # registry.DEFAULT_DECODER (tested)
     MAX_NEW_TOKENS,
     Param("system", str, "", "the system prompt"),
     Param("framing", str, "auto", "how chat turns are written: the model's chat template, or a play script",

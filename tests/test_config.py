@@ -36,6 +36,9 @@ def settings_file(tmp_path, monkeypatch):
 
 
 def test_precedence_command_line_model_defaults_built_in(settings_file):
+    from bardterm.registry import DEFAULT_DECODER
+
+    assert config.DECLARED["decoder"].default == DEFAULT_DECODER  # one default, named in two places
     settings_file.write_text(GOOD)
     loaded = config.load()
     assert loaded.path == settings_file

@@ -17,7 +17,7 @@ from bardterm.registry import build
 from bardterm.tui import commands
 from bardterm.tui.app import BardtermApp, Options
 from bardterm.tui.chat import TurnView
-from bardterm.tui.store import Store
+from bardterm.tui.store import Store, Turn
 
 
 class Slow(Processor):
@@ -526,7 +526,9 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2, monkeypatc
         await wait_for(pilot, lambda: not screen.generating)
         await pilot.pause()
         texts = [str(c.query_one(".column-text").render()) for c in screen.columns]
-        expected = generate(gpt2, tokenizer, "To be", build("greedy"), max_new_tokens=24).text
+        frame = app.session.frame  # each column is a chat reply: the message framed as the chat frames it
+        expected = generate(gpt2, tokenizer, frame.prompt([Turn("user", "To be")]), build("greedy"),
+                            max_new_tokens=24, stop=frame.stop()).text
         assert texts[0].strip() == expected.strip()
         assert all(t.strip() for t in texts)
         assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)

@@ -12,7 +12,7 @@ there). Every generation is a `bardterm.engine.Generation` run by `Stream` in a 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual import events, work
@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from bardterm.config import Config
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
 from bardterm.tui import commands, paste
@@ -51,6 +52,12 @@ class Options:
     template: str | None = None
     max_new_tokens: int = 200
     store_path: Path | None = None  # None: conversations.sqlite3 in the data directory
+    system: str = ""
+    framing: str = "auto"  # auto, template or script
+    decoder_params: dict = field(default_factory=dict)  # from the settings file: /set NAME VALUE at start
+    settings: Config | None = None  # the settings file, for a model's section on /load and for /save-defaults
+    given: frozenset = frozenset()  # settings given on the command line, which a model's section never overrides
+    notes: list = field(default_factory=list)  # what to say once the window is up (a settings file's error)
 
 
 class BardtermApp(App):
@@ -73,10 +80,13 @@ class BardtermApp(App):
         self.options = options or Options()
         o = self.options
         frame = ChatFrame(o.user_name, o.model_name, **({"template": o.template} if o.template else {}))
-        self.session = ChatSession(frame, report=lambda message: self.notify(message, severity="error", timeout=12))
+        self.session = ChatSession(frame, report=lambda message: self.notify(message, severity="error", timeout=12),
+                                   framing=o.framing, system=o.system)
         self.host = ModelHost(o.max_new_tokens)
         self.last_tokens: list = []  # the last generation's tokens, for the inspector (F3)
         self._quit_asked: float | None = None  # when Ctrl+Q last asked about unsent text
+        self.section: str | None = None  # the settings file's model section in force
+        self._progress_shown = 0.0  # when the download bar last moved (it moves at most 10 times a second)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -108,21 +118,26 @@ class BardtermApp(App):
 
     def on_mount(self) -> None:
         self.panel.display = False
+        for note in self.options.notes:
+            self.notify(note, severity="error", timeout=15)
         try:
             self.session.open_store(self.options.store_path)
         except BardtermError as error:
             self.notify(f"{error} (this conversation will not be saved)", severity="error", timeout=12)
+        resumed = None
         if self.options.resume:
             latest = self.session.latest()
             if latest is None:
                 self.notify("no saved conversation to continue: starting a new one")
             else:
                 self.chat.resume(latest)
+                resumed = self.session.conversation.checkpoint if self.session.conversation else None
         self.query_one("#prompt").focus()
         from bardterm.models import default_checkpoint
 
-        checkpoint = self.options.checkpoint or default_checkpoint()
-        if self.options.checkpoint is None and not Path(checkpoint).exists():
+        # --checkpoint, else the continued conversation's model, else the shipped one
+        checkpoint = self.options.checkpoint or resumed or default_checkpoint()
+        if self.options.checkpoint is None and not resumed and not Path(checkpoint).exists():
             self.notify(f"no model yet: the default checkpoint {checkpoint} does not exist. Start bardterm with "
                         "--checkpoint DIR, type /load DIR, or train one with `bardterm train`",
                         severity="warning", timeout=20)
@@ -149,17 +164,36 @@ class BardtermApp(App):
             if checkpoint is None:
                 self._from_thread(self._model_failed, None)
                 return
-            from bardterm.models import load_checkpoint
+            from bardterm.models import load_checkpoint, resolve_checkpoint
 
             o = self.options
-            loaded = load_checkpoint(checkpoint, o.device, o.dtype, o.allow_pickle, o.trust_remote_code)
+            notes: list[str] = []
+            path = resolve_checkpoint(checkpoint, allow_pickle=o.allow_pickle, trust_remote_code=o.trust_remote_code,
+                                      progress=self._download_progress, notify=notes.append)
+            self._from_thread(self._downloaded, notes)
+            loaded = load_checkpoint(path, o.device, o.dtype, o.allow_pickle, o.trust_remote_code)
         except BardtermError as error:
             self._from_thread(self._model_failed, str(error))
             return
         except Exception as error:  # a bug in a checkpoint's code must not take the app down
             self._from_thread(self._model_failed, f"could not load {checkpoint}: {type(error).__name__}: {error}")
             return
-        self._from_thread(self._model_ready, loaded)
+        self._from_thread(self._model_ready, loaded, str(checkpoint))
+
+    def _download_progress(self, event) -> None:
+        """From the loading worker: a Hub download's bytes so far (the bar moves at most 10 times a second)."""
+        now = time.monotonic()
+        if now - self._progress_shown >= 0.1 or event.done >= event.total:
+            self._progress_shown = now
+            self._from_thread(self._show_download, event)
+
+    def _show_download(self, event) -> None:
+        self.status.show_download(event.repo, event.file, event.done, event.total)
+
+    def _downloaded(self, notes: list[str]) -> None:
+        self._show_model_status()  # the bar goes
+        for note in notes:
+            self.notify(note, severity="warning", timeout=10)
 
     def _from_thread(self, callback, *args) -> None:
         try:
@@ -180,15 +214,77 @@ class BardtermApp(App):
         except BardtermError as error:
             self.notify(f"{error}; using {DEFAULT_DECODER}", severity="error", timeout=12)
             choice = DecoderChoice.from_name(registry, DEFAULT_DECODER, self.options.seed)
+        for key, value in self.options.decoder_params.items():  # from the settings file
+            try:
+                choice.set(registry, key, value)
+            except BardtermError as error:
+                self.notify(f"settings file {self.options.settings.path if self.options.settings else ''}: "
+                            f"params.{key}: {error}; left out", severity="error", timeout=15)
         self.host.choice = choice
         await self.panel.populate(registry)
         self.show_decoder()
 
-    def _model_ready(self, loaded) -> None:
+    def _model_ready(self, loaded, spec: str) -> None:
+        from bardterm import hub
+        from bardterm.chat_format import end_of_turn_ids
+
         self.host.loaded, self.host.loading = loaded, None
-        self.session.checkpoint = str(loaded.path)
-        self.sub_title = loaded.path.name
+        self.session.checkpoint = hub.hub_id_of(loaded.path) or str(loaded.path)  # what /load takes again
+        self.sub_title = hub.display_name(loaded.path)
+        for note in self.session.use_model(loaded.tokenizer, end_of_turn_ids(loaded.model, loaded.tokenizer)):
+            self.notify(note, severity="warning", timeout=12)
+        self._apply_model_section(spec, loaded.path)
+        self.chat.show_system(self.session.system)
         self._show_model_status()
+
+    def _apply_model_section(self, spec: str, path) -> None:
+        """A model loaded after the first gets its own section of the settings file, where it has one (but never
+        over what the command line gave)."""
+        from bardterm import config
+
+        settings = self.options.settings
+        if settings is None:
+            return
+        name, section = settings.section_for(*config.model_names(spec, path))
+        if self.section is None:  # the first model: its section is in the options already
+            self.section = name or ""
+            return
+        if not name or name == self.section:
+            return
+        self.section = name
+        values = {k: v for k, v in section.items() if k not in self.options.given}
+        try:
+            self.apply_settings(values)
+        except BardtermError as error:
+            self.notify(f"{settings.path}: [models.\"{name}\"] {error}", severity="error", timeout=12)
+        else:
+            self.notify(f"settings for {name} from {settings.path}")
+
+    def apply_settings(self, values: dict) -> None:
+        """Settings as the file writes them (decoder, params, max_new_tokens, system, framing, names)."""
+        from bardterm.tui.settings import DecoderChoice
+
+        host, session = self.host, self.session
+        if "decoder" in values or values.get("params"):
+            registry = host.need_registry()
+            choice = DecoderChoice.from_name(registry, values.get("decoder") or host.choice.label or
+                                             host.choice.selector, host.choice.seed)
+            for key, value in values.get("params", {}).items():
+                choice.set(registry, key, value)
+            host.choice = choice
+            self.panel.sync()
+            self.show_decoder()
+        if "max_new_tokens" in values:
+            host.max_new_tokens = values["max_new_tokens"]
+        if "user_name" in values or "model_name" in values:
+            script = session.script
+            session.set_frame(ChatFrame(values.get("user_name", script.user_name),
+                                        values.get("model_name", script.model_name), script.template))
+        if "framing" in values:
+            session.set_framing(values["framing"])
+        if "system" in values:
+            session.set_system(values["system"])
+            self.chat.show_system(session.system)
 
     def _model_failed(self, message: str | None) -> None:
         self.host.loading = None
@@ -197,7 +293,7 @@ class BardtermApp(App):
             self.notify(message, title="model not loaded", severity="error", timeout=15)
 
     def _show_model_status(self) -> None:
-        self.status.show_model(self.host.loaded, self.host.loading)
+        self.status.show_model(self.host.loaded, self.host.loading, self.session.frame.label)
 
     # -- what the panes say ---------------------------------------------------------------------------------
 
@@ -229,6 +325,10 @@ class BardtermApp(App):
     def on_decoder_panel_changed(self, event: DecoderPanel.Changed) -> None:
         self.show_decoder()
 
+    def show_framing(self) -> None:
+        """The status line names the framing in use (chat template or play script)."""
+        self._show_model_status()
+
     def show_decoder(self) -> None:
         choice = self.host.choice
         if choice is not None:
@@ -242,6 +342,18 @@ class BardtermApp(App):
         return commands.completions(text, self.host.registry, self.available_themes)
 
     # -- conversations --------------------------------------------------------------------------------------
+
+    def on_chat_pane_resumed(self, event: ChatPane.Resumed) -> None:
+        """A conversation continued (--continue, or Ctrl+O): its framing shows, and its model is loaded again
+        when another one is in use."""
+        self._show_model_status()
+        checkpoint = event.checkpoint
+        if checkpoint and checkpoint not in (self.session.checkpoint, self.host.loading or ""):
+            self.notify(f"loading {checkpoint}, this conversation's model")
+            try:
+                self.load_model(checkpoint)
+            except BardtermError as error:
+                self.notify(str(error), severity="error")
 
     def action_conversations(self) -> None:
         if self.session.store is None:

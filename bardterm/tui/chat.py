@@ -60,6 +60,13 @@ class ChatPane(Vertical):
             super().__init__()
             self.text = text
 
+    class Resumed(Message):
+        """A saved conversation continues: the app shows its framing and loads its model (`checkpoint`)."""
+
+        def __init__(self, checkpoint: str):
+            super().__init__()
+            self.checkpoint = checkpoint
+
     def __init__(self, session: ChatSession, host: ModelHost, completer: Callable[[str], list[str]], **kwargs):
         super().__init__(**kwargs)
         self.session, self.host, self.completer = session, host, completer
@@ -87,7 +94,9 @@ class ChatPane(Vertical):
         """Replace the transcript with these turns (a resumed or a new conversation)."""
         self.transcript.remove_children()
         frame = self.session.frame
-        self.transcript.mount_all([TurnView(frame.name_of(t.speaker), t.speaker, t.text, t.partial) for t in turns])
+        system = [self._system_view(self.session.system)] if self.session.system else []
+        self.transcript.mount_all(system + [TurnView(frame.name_of(t.speaker), t.speaker, t.text, t.partial)
+                                            for t in turns])
         self.transcript.scroll_end(animate=False)
         for turn in turns:
             if turn.speaker == "user":
@@ -106,6 +115,7 @@ class ChatPane(Vertical):
             self.notify(str(error), severity="error")
             return
         self.show(conversation.turns)
+        self.post_message(self.Resumed(conversation.checkpoint))
         if self.session.awaiting_reply():
             self.notify("the last message has no reply (bardterm stopped before it was written): Ctrl+R asks "
                         "for it")
@@ -118,6 +128,22 @@ class ChatPane(Vertical):
         self.show([])
         self.post_message(self.ContextNote(""))
         self.notify("new conversation")
+
+    def show_system(self, text: str) -> None:
+        """The system prompt at the top of the transcript (none shown when it is empty)."""
+        shown = self.transcript.query(".system-prompt")
+        if not text:
+            shown.remove()
+        elif shown:
+            shown.first().update(_system_text(text))
+        elif self.transcript.children:
+            self.transcript.mount(self._system_view(text), before=0)
+        else:
+            self.transcript.mount(self._system_view(text))
+
+    @staticmethod
+    def _system_view(text: str) -> Static:
+        return Static(_system_text(text), classes="note system-prompt")
 
     def note(self, text: str) -> None:
         """Something bardterm says (command output): shown in the transcript, never saved or sent."""
@@ -180,8 +206,8 @@ class ChatPane(Vertical):
         session, host = self.session, self.host
         try:
             prompt = session.reply_prompt(host.count_tokens, host.context(), host.max_new_tokens)
-            self.stream = host.start(self, prompt.text, stop=prompt.stop, max_new_tokens=prompt.max_new_tokens,
-                                     tag="chat")
+            self.stream = host.start(self, prompt.text, stop=prompt.stop, stop_token_ids=prompt.stop_token_ids,
+                                     max_new_tokens=prompt.max_new_tokens, tag="chat")
         except BardtermError as error:
             self.notify(str(error), severity="error", timeout=8)
             return
@@ -229,3 +255,7 @@ class ChatPane(Vertical):
             self.session.add_turn(Turn("model", text, partial, self.host.decoder_label(), stats))
             self.reply.show(Text(sanitize(text)), partial=partial)
         self.reply = None
+
+
+def _system_text(text: str) -> Text:
+    return Text.assemble(("system", "bold"), "\n", sanitize(text))

@@ -25,6 +25,7 @@ SESSION_SETTINGS = {
     "user": "your speaker name in the chat script",
     "bard": "the model's speaker name in the chat script",
     "template": "how a turn is written; {name} and {text}, \\n for a newline",
+    "framing": "auto (the model's chat template when it has one), template, or script (a play script)",
 }
 
 
@@ -83,15 +84,59 @@ def set_setting(app, key: str, raw: str) -> None:
     elif key == "max_new_tokens":
         host.max_new_tokens = MAX_NEW_TOKENS.validate(raw)
     elif key in ("user", "bard", "template"):
-        frame = session.frame
-        names = {"user": frame.user_name, "bard": frame.model_name, "template": frame.template}
+        script = session.script
+        names = {"user": script.user_name, "bard": script.model_name, "template": script.template}
         names[key] = raw.replace("\\n", "\n") if key == "template" else raw
         session.set_frame(ChatFrame(names["user"], names["bard"], names["template"]))
+        if session.frame.kind == "template":
+            app.notify(f"{key} is for the play script: this model chats in its own template (/set framing script)")
+    elif key == "framing":
+        for note in session.set_framing(raw):
+            app.notify(note, severity="warning")
+        app.show_framing()
     else:
         host.choice.set(host.need_registry(), key, raw)
     if host.registry is not None:
         app.panel.sync()
     app.notify(f"{key} = {raw}")
+
+
+@command("/system", "[TEXT]", "set the system prompt (shown at the top, saved with the conversation); "
+         "with no text, clear it", raw=True)
+def _system(app, args):
+    text = args[0].strip() if args else ""
+    app.session.set_system(text)
+    app.chat.show_system(app.session.system)
+    app.notify(f"system prompt: {text}" if text else "no system prompt")
+
+
+@command("/save-defaults", "", "write this setup (decoder and its settings, system prompt, framing, speakers, "
+         "max new tokens) to the settings file, for this model")
+def _save_defaults(app, args):
+    from bardterm import config, hub
+
+    host, session = app.host, app.session
+    registry = host.need_registry()
+    if host.loaded is None:
+        raise BardtermError("no model is loaded: the settings are saved for a model, so /load one first")
+    choice = host.choice
+    label = choice.label if choice.label and DecoderChoice.from_name(registry, choice.label).selector == \
+        choice.selector else choice.selector
+    origin = DecoderChoice.from_name(registry, label)
+    owners = registry.params()
+    params = {}
+    for owner in [choice.selector, *choice.chain]:
+        for param, value in choice.values.get(owner, {}).items():
+            if origin.values.get(owner, {}).get(param) != value:
+                params[param if len(owners.get(param, [])) == 1 else f"{owner}.{param}"] = value
+    values = {"decoder": label, "max_new_tokens": host.max_new_tokens, "system": session.system,
+              "framing": session.framing, "user_name": session.script.user_name,
+              "model_name": session.script.model_name}
+    if params:
+        values["params"] = params
+    name = hub.hub_id_of(host.loaded.path) or host.loaded.path.name
+    path = config.save_model_settings(name, values)
+    app.notify(f"saved as the settings for {name} in {path}")
 
 
 @command("/show", "", "show the model, the decoder setup and the session settings")
@@ -108,7 +153,8 @@ def describe(app) -> str:
             + app.session.describe())
 
 
-@command("/load", "CHECKPOINT", "load another model directory")
+@command("/load", "CHECKPOINT", "load another model: a directory, or a Hub id (owner/name[@revision]), "
+         "downloaded once into the Hugging Face cache")
 def _load(app, args):
     if len(args) != 1:
         raise _usage("/load")
@@ -148,7 +194,9 @@ def open_compare(app, names: list[str]) -> None:
     host = app.host
     host.need_registry()
     choices = [compare_setup(host, name) for name in names]
-    app.push_screen(CompareScreen(host, names, choices, app.session.last_text("user") or ""))
+    session = app.session
+    frame = lambda text: session.compare_prompt(text, host.count_tokens, host.context(), host.max_new_tokens)  # noqa: E731
+    app.push_screen(CompareScreen(host, names, choices, session.last_text("user") or "", frame))
 
 
 def compare_setup(host, spec: str) -> DecoderChoice:
@@ -205,6 +253,8 @@ def completions(text: str, registry, themes) -> list[str]:
     if " " not in text:
         return [name + " " for name in COMMANDS if name.startswith(text)]
     command, _, rest = text.partition(" ")
+    if command == "/set" and rest.startswith("framing "):
+        return [f"/set framing {w}" for w in ("auto", "template", "script") if w.startswith(rest[len("framing "):])]
     if command != "/compare" and (" " in rest.strip() or rest.endswith(" ") and rest.strip()):
         return []
     words: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,6 +13,7 @@ from textual.widgets import Footer, Input, Static
 
 from bardterm.errors import BardtermError
 from bardterm.text import sanitize
+from bardterm.tui.conversation import ReplyPrompt
 from bardterm.tui.host import ModelHost, NotReady
 from bardterm.tui.settings import DecoderChoice
 from bardterm.tui.streaming import Stream, describe_stats, styled
@@ -39,10 +42,14 @@ class CompareScreen(Screen):
     BINDINGS = [Binding("escape", "stop_or_close", "Stop / close"), Binding("ctrl+r", "run_again", "Run again"),
                 Binding("f4", "close", "Close")]
 
-    def __init__(self, host: ModelHost, names: list[str], choices: list[DecoderChoice], prompt: str = ""):
+    def __init__(self, host: ModelHost, names: list[str], choices: list[DecoderChoice], prompt: str = "",
+                 frame: Callable[[str], ReplyPrompt] | None = None):
+        """`frame` turns the typed text into what the model continues, as the chat frames a message (its chat
+        template, or the play script), so that each column is a chat reply; None: the text as it is."""
         super().__init__()
         self.host = host
         self.names, self.choices, self.initial_prompt = names, choices, prompt
+        self.frame = frame
 
     def compose(self) -> ComposeResult:
         yield Input(self.initial_prompt, placeholder="Prompt for every setup; Enter runs them all", id="compare-prompt")
@@ -71,10 +78,21 @@ class CompareScreen(Screen):
         except NotReady as error:
             self.notify(str(error), severity="warning")
             return
+        try:
+            framed = self.frame(prompt) if self.frame is not None else None
+        except BardtermError as error:
+            self.notify(str(error), severity="error", timeout=8)
+            return
         for column in self.columns:
             try:
-                column.stream = self.host.start(self, prompt, choice=column.choice, tag="compare",
-                                                label=column.setup_name)
+                if framed is None:
+                    column.stream = self.host.start(self, prompt, choice=column.choice, tag="compare",
+                                                    label=column.setup_name)
+                else:
+                    column.stream = self.host.start(self, framed.text, stop=framed.stop,
+                                                    stop_token_ids=framed.stop_token_ids, choice=column.choice,
+                                                    max_new_tokens=framed.max_new_tokens, tag="compare",
+                                                    label=column.setup_name)
             except BardtermError as error:
                 column.show("", "")
                 self.notify(f"{column.setup_name}: {error}", severity="error", timeout=8)

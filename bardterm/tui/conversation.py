@@ -209,12 +209,20 @@ class ChatSession:
     def last_text(self, speaker: str) -> str | None:
         return next((t.text for t in reversed(self.turns) if t.speaker == speaker), None)
 
+    def compare_prompt(self, text: str, count_tokens: Callable[[str], int], context: int | None,
+                       max_new_tokens: int) -> ReplyPrompt:
+        """The prompt for replies to `text` as the user's next message after the conversation so far (before
+        its last user turn, which compare starts from), framed as the chat frames it."""
+        turns = self.turns
+        last_user = max((i for i, t in enumerate(turns) if t.speaker == "user"), default=len(turns))
+        return self.reply_prompt(count_tokens, context, max_new_tokens, turns[:last_user] + [Turn("user", text)])
+
     def reply_prompt(self, count_tokens: Callable[[str], int], context: int | None,
-                     max_new_tokens: int) -> ReplyPrompt:
+                     max_new_tokens: int, turns: list[Turn] | None = None) -> ReplyPrompt:
         """The prompt for the model's next turn. When the conversation outgrows the model's context, the oldest
         whole turns are left out (never the newest) until the prompt takes at most what the engine would keep
         (the context less the reply, but at least half the context), and the reply gets what room is left."""
-        turns, frame = self.turns, self.frame
+        turns, frame = self.turns if turns is None else turns, self.frame
         size = lambda prompt: len(prompt) if isinstance(prompt, list) else count_tokens(prompt)  # noqa: E731
         text = frame.prompt(turns)
         if context is None:
