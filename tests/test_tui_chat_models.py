@@ -144,7 +144,7 @@ async def test_resume_restores_checkpoint_framing_and_system(env, chat_checkpoin
     async with app.run_test(size=(120, 32)) as pilot:
         await ready(pilot)
         assert app.session.frame.kind == "script"
-        app.resume(conversation.id)
+        app.chat.resume(conversation.id)
         await wait_for(pilot, lambda: app.host.loaded is not None and app.host.loaded.path == folder)
         await pilot.pause()
         assert "chat template" in status(app) and app.session.system == "Answer briefly."
