@@ -106,11 +106,14 @@ def decoder_flag_parser(registry) -> argparse.ArgumentParser:
             about = f"declared by {', '.join(owner for owner, _ in owners)}: the one in the setup (else qualify it)"
         group.add_argument(bare, dest=name, default=None, help=about, **flags)
         for owner, param in owners:
-            qualified = [qualified_flag(owner, name), *(f"--{o}.{n}" for o in {owner, owner.replace("_", "-")}
-                                                        for n in {name, name.replace("_", "-")})]
             kwargs = {"action": argparse.BooleanOptionalAction} if param.type is bool else {"metavar": "VALUE"}
             shown = f"{param.help} [{param.allowed()}; default {param.default}]" if len(owners) > 1 else argparse.SUPPRESS
-            group.add_argument(*dict.fromkeys(qualified), dest=f"{owner}.{name}", default=None, help=shown, **kwargs)
+            canonical = qualified_flag(owner, name)
+            group.add_argument(canonical, dest=f"{owner}.{name}", default=None, help=shown, **kwargs)
+            spellings = sorted({f"--{o}.{n}" for o in (owner, owner.replace("_", "-"))
+                                for n in (name, name.replace("_", "-"))} - {canonical})
+            if spellings:  # `--top-k.top_k` and the like work too, unlisted
+                group.add_argument(*spellings, dest=f"{owner}.{name}", default=None, help=argparse.SUPPRESS, **kwargs)
     return parser
 
 
