@@ -30,6 +30,7 @@ class HubServer:
         self.cut: dict[str, int] = {}
         self.broken: set[str] = set()  # cut files: 503 until healed
         self.break_after_cut = True  # False: a retry right after the cut succeeds
+        self.bytes_per_s: float | None = None  # a slow link, to watch a progress bar
         self.corrupt: set[str] = set()
         self.missing: set[str] = set()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -143,6 +144,13 @@ class HubServer:
                         hub.broken.add(name)
                     self.close_connection = True
                     self.connection.shutdown(2)
+                    return
+                if hub.bytes_per_s:
+                    import time
+
+                    for at in range(0, len(body), 65536):
+                        self.wfile.write(body[at:at + 65536])
+                        time.sleep(65536 / hub.bytes_per_s)
                     return
                 self.wfile.write(body)
 

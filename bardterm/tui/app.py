@@ -231,9 +231,12 @@ class BardtermApp(App):
         self.host.loaded, self.host.loading = loaded, None
         self.session.checkpoint = hub.hub_id_of(loaded.path) or str(loaded.path)  # what /load takes again
         self.sub_title = hub.display_name(loaded.path)
+        names = (self.session.frame.user_name, self.session.frame.model_name)
         for note in self.session.use_model(loaded.tokenizer, end_of_turn_ids(loaded.model, loaded.tokenizer)):
             self.notify(note, severity="warning", timeout=12)
         self._apply_model_section(spec, loaded.path)
+        if names != (self.session.frame.user_name, self.session.frame.model_name) and not self.chat.generating:
+            self.chat.show(self.session.turns)  # the turns under the speakers' names of the framing now in use
         self.chat.show_system(self.session.system)
         self._show_model_status()
 

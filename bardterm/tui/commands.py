@@ -146,7 +146,11 @@ def _show(app, args):
 
 def describe(app) -> str:
     host = app.host
-    model = (f"{host.loaded.path} on {host.loaded.device} ({host.loaded.dtype})" if host.loaded
+    from bardterm.hub import hub_id_of
+
+    where = f"{hub_id_of(host.loaded.path)} ({host.loaded.path})" if host.loaded and hub_id_of(host.loaded.path) \
+        else str(host.loaded.path) if host.loaded else ""
+    model = (f"{where} on {host.loaded.device} ({host.loaded.dtype})" if host.loaded
              else f"loading {host.loading}" if host.loading else "none (/load DIR)")
     decoder = host.choice.describe(host.registry) if host.choice else "loading"
     return (f"model: {model}\ndecoder: {decoder}\nmax_new_tokens: {host.max_new_tokens}\n"
