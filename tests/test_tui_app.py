@@ -682,6 +682,9 @@ async def test_ctrl_r_in_compare_runs_the_columns_again_not_the_hidden_chat_repl
         await pilot.pause()
         assert all("tokens/s" in str(c.query_one(".column-stats").render()) for c in screen.columns)
         assert app.session.conversation.turns[-1].id == reply_id and len(app.session.turns) == 2
+        await pilot.press("f2", "ctrl+t")  # nor do the keys of the chat screen act under the compare screen
+        await pilot.pause()
+        assert not app.panel.display and app.query_one("#tabs").active == "chat-tab" and app.screen is screen
         await pilot.press("escape")
         await pilot.press("ctrl+r")  # back in the chat, Ctrl+R regenerates the reply as before
         await wait_for(pilot, lambda: not app.host.generating and app.session.turns[-1].id != reply_id)

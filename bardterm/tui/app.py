@@ -34,6 +34,7 @@ from bardterm.tui.statusbar import StatusBar
 from bardterm.tui.streaming import Stream, describe_stats, leave_stuck_threads
 from bardterm.tui.wording import for_the_app
 
+MAIN_SCREEN_ONLY = {"regenerate", "toggle_decoders", "switch_tab", "conversations"}
 QUIT_AGAIN_S = 5.0  # a second Ctrl+Q within this long quits without the unsent text
 
 
@@ -372,9 +373,14 @@ class BardtermApp(App):
         """Esc: stop every generation now; the partial text stays."""
         self.host.stop_all()
 
+    def check_action(self, action: str, parameters) -> bool | None:
+        """Keys that act on the chat, the tabs or the panel do nothing (and leave the footer) while another
+        screen, such as compare, covers them."""
+        return action not in MAIN_SCREEN_ONLY or self.screen is self.screen_stack[0]
+
     def action_regenerate(self) -> None:
         """Ctrl+R: the chat's last reply again (compose and compare bind their own Ctrl+R)."""
-        if self.screen is self.screen_stack[0] and self.query_one("#tabs", TabbedContent).active == "chat-tab":
+        if self.query_one("#tabs", TabbedContent).active == "chat-tab":
             self.chat.regenerate()
 
     def action_compare(self) -> None:
