@@ -793,23 +793,18 @@ async def test_regenerating_with_a_fixed_seed_says_why_the_reply_is_the_same(mak
         assert any("seed is fixed (7)" in m and "/set seed random" in m for m in messages(app))
 
 
-async def test_ctrl_q_asks_before_losing_unsent_text(make_app, home):
-    app = make_app(max_new_tokens=100, template="{name}: {text}")
+async def test_ctrl_q_asks_before_losing_unsent_text(make_app):
+    app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.host.choice.add(app.host.registry, "slow_test")
-        await submit(pilot, "Farewell")
-        await wait_for(pilot, lambda: app.chat.reply is not None and len(app.chat.reply.body.plain) > 0)
-        await pilot.press(*"and one more thing")  # typed while the model replies, not sent
+        await pilot.press(*"and one more thing")  # typed (say while the model replies), not sent
         await pilot.press("ctrl+q")
         await pilot.pause()
-        assert app.is_running and any("not saved" in m and "Ctrl+Q again" in m for m in messages(app))
+        assert app.is_running and any("message box" in m and "Ctrl+Q again" in m for m in messages(app))
         assert app.query_one("#prompt").text == "and one more thing"
         await pilot.press("ctrl+q")  # asked, and answered: quit
         await pilot.pause()
     assert not app.is_running
-    [[user, model]] = stored(home)
-    assert user == ("user", "Farewell", False) and model[0] == "model"
 
 
 async def test_messages_say_the_apps_way_not_a_command_line_flag(make_app, tmp_path):
