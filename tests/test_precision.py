@@ -166,3 +166,40 @@ def test_auto_on_a_gpu_takes_bf16_not_the_dequantizing_int8(monkeypatch):
     assert precision.resolve("auto", "cuda").name == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert precision.resolve("auto", "cuda").name == "float16"
+
+
+def test_generate_with_dtype_auto_says_what_it_chose(capsys, tiny_checkpoint, flags):
+    from bardterm.cli import main
+
+    flags(AVX512_BF16)
+    assert main(["generate", "To be", "--checkpoint", str(tiny_checkpoint), "--dtype", "auto", "--decoder", "greedy",
+                 "--max-new-tokens", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "auto: int8, the fastest native precision on this cpu" in err
+
+
+def test_a_bad_dtype_is_one_clear_line(capsys, tiny_checkpoint):
+    from bardterm.cli import main
+
+    assert main(["generate", "To be", "--checkpoint", str(tiny_checkpoint), "--dtype", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("bardterm: error:")] == [
+        "bardterm: error: invalid dtype 'int4': use auto, float32, bfloat16, float16, int8"]
+
+
+def test_eval_measures_what_a_precision_costs(tiny_checkpoint, capsys, tmp_path, flags):
+    import json
+
+    from bardterm.cli import main
+
+    flags(AVX512_BF16)
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 40)
+    figures = {}
+    for dtype in ("float32", "int8"):
+        assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", str(text), "--split", "validation",
+                     "--dtype", dtype, "--json"]) == 0
+        figures[dtype] = json.loads(capsys.readouterr().out)["splits"]["validation"]["nats_per_char"]
+    assert figures["int8"] != figures["float32"]  # really evaluated in int8
+    assert abs(figures["int8"] - figures["float32"]) < 0.01 * figures["float32"]
