@@ -8,6 +8,7 @@ hooks (hooks must see every call), one new token per row. Anything else takes th
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -72,8 +73,12 @@ def _norm(norm):
 
 
 def _conv(conv):
-    if type(conv) is Int8Linear:  # weight-only int8 (quantize.py): its own kernel, called as a module
+    """What `_addmm` takes: Conv1D's (bias, weight, out), or a function for the layers precision.py puts in its
+    place (int8: its own kernel; bf16/fp16: nn.Linear on (out, in) weights, as nn.Linear computes it)."""
+    if type(conv) is Int8Linear:
         return conv
+    if type(conv) is torch.nn.Linear:
+        return functools.partial(F.linear, weight=conv.weight, bias=conv.bias)
     return conv.bias, conv.weight, conv.nf
 
 
@@ -83,7 +88,7 @@ def _layer_norm(norm, x):
 
 
 def _addmm(conv, x):  # transformers' Conv1D: x @ weight + bias
-    if type(conv) is Int8Linear:
+    if callable(conv):
         return conv(x)
     bias, weight, out = conv
     return torch.addmm(bias, x.view(-1, x.shape[-1]), weight).view(*x.shape[:-1], out)

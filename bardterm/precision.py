@@ -122,8 +122,13 @@ def _activations(name: str, device: str) -> str:
 
 
 def apply(model, precision: Precision) -> None:
-    """After loading in `precision.load_dtype`: make the weights int8 where asked (in place)."""
+    """After loading in `precision.load_dtype`: make the weights int8 where asked, and lay half-precision
+    weights out as the fast kernels read them (in place)."""
     if precision.name == "int8":
         from bardterm.quantize import quantize_int8
 
         quantize_int8(model)
+    elif precision.name in ("bfloat16", "float16"):
+        from bardterm.quantize import to_linear_layout
+
+        to_linear_layout(model)

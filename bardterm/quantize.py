@@ -99,6 +99,22 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
+def to_linear_layout(model: nn.Module) -> nn.Module:
+    """Replace GPT-2's Conv1D layers, whose weights are stored (in, out), with nn.Linear layers holding the same
+    weights as (out, in), in place. Same products; in bf16 at batch 1 the CPU kernels read the (out, in) layout
+    faster (distilgpt2's block matrices, one token, one thread, loaded 2-core AMD EPYC: 20.2 ms with addmm on
+    (in, out), 15.2 ms with linear on (out, in); in fp32 it is the other way round, 18.8 against 23.9 ms)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "Conv1D" and hasattr(child, "nf"):
+                linear = nn.Linear(child.weight.shape[0], child.nf, bias=child.bias is not None, device="meta")
+                linear.weight = nn.Parameter(child.weight.detach().t().contiguous(),
+                                             requires_grad=child.weight.requires_grad)
+                linear.bias = child.bias
+                setattr(parent, name, linear)
+    return model
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer, each tensor counted once (tied weights are one tensor)."""
     seen, total = set(), 0

@@ -203,3 +203,11 @@ def test_eval_measures_what_a_precision_costs(tiny_checkpoint, capsys, tmp_path,
         figures[dtype] = json.loads(capsys.readouterr().out)["splits"]["validation"]["nats_per_char"]
     assert figures["int8"] != figures["float32"]  # really evaluated in int8
     assert abs(figures["int8"] - figures["float32"]) < 0.01 * figures["float32"]
+
+
+def test_half_precision_keeps_gpt2s_weights_as_out_by_in_linear_layers(tokenizer):
+    model = in_precision(make_gpt2(tokenizer), "bfloat16")
+    assert not [m for m in model.modules() if type(m).__name__ == "Conv1D"]
+    attention = model.transformer.h[0].attn.c_attn
+    assert type(attention) is torch.nn.Linear and attention.weight.shape == (3 * 32, 32)
+    assert attention.weight.dtype == torch.bfloat16 and attention.weight.is_contiguous()
