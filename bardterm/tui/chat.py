@@ -94,7 +94,7 @@ class ChatPane(Vertical):
         """Replace the transcript with these turns (a resumed or a new conversation)."""
         self.transcript.remove_children()
         frame = self.session.frame
-        system = [self._system_view(self.session.system)] if self.session.system else []
+        system = [self._system_view()] if self.session.system else []
         self.transcript.mount_all(system + [TurnView(frame.name_of(t.speaker), t.speaker, t.text, t.partial)
                                             for t in turns])
         self.transcript.scroll_end(animate=False)
@@ -129,21 +129,29 @@ class ChatPane(Vertical):
         self.post_message(self.ContextNote(""))
         self.notify("new conversation")
 
-    def show_system(self, text: str) -> None:
-        """The system prompt at the top of the transcript (none shown when it is empty)."""
+    def show_system(self) -> None:
+        """The session's system prompt at the top of the transcript (nothing when there is none), marked when
+        the model in use cannot take it (its chat template has no system role)."""
         shown = self.transcript.query(".system-prompt")
-        if not text:
+        if not self.session.system:
             shown.remove()
         elif shown:
-            shown.first().update(_system_text(text))
+            shown.first().update(self._system_text())
         elif self.transcript.children:
-            self.transcript.mount(self._system_view(text), before=0)
+            self.transcript.mount(self._system_view(), before=0)
         else:
-            self.transcript.mount(self._system_view(text))
+            self.transcript.mount(self._system_view())
 
-    @staticmethod
-    def _system_view(text: str) -> Static:
-        return Static(_system_text(text), classes="note system-prompt")
+    def _system_view(self) -> Static:
+        return Static(self._system_text(), classes="note system-prompt")
+
+    def _system_text(self) -> Text:
+        session = self.session
+        unused = session.frame.system != session.system
+        heading = Text("system", style="bold")
+        if unused:
+            heading.append(" (not sent: this model's chat template has no system role)", style="italic dim")
+        return Text.assemble(heading, "\n", sanitize(session.system))
 
     def note(self, text: str) -> None:
         """Something bardterm says (command output): shown in the transcript, never saved or sent."""
@@ -256,6 +264,3 @@ class ChatPane(Vertical):
             self.reply.show(Text(sanitize(text)), partial=partial)
         self.reply = None
 
-
-def _system_text(text: str) -> Text:
-    return Text.assemble(("system", "bold"), "\n", sanitize(text))

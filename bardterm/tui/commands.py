@@ -106,7 +106,7 @@ def set_setting(app, key: str, raw: str) -> None:
 def _system(app, args):
     text = args[0].strip() if args else ""
     app.session.set_system(text)
-    app.chat.show_system(app.session.system)
+    app.chat.show_system()
     app.notify(f"system prompt: {text}" if text else "no system prompt")
 
 

@@ -108,7 +108,7 @@ class ModelLoading:
         self._apply_model_section(spec, loaded.path)
         if names != (self.session.frame.user_name, self.session.frame.model_name) and not self.chat.generating:
             self.chat.show(self.session.turns)  # the turns under the speakers' names of the framing now in use
-        self.chat.show_system(self.session.system)
+        self.chat.show_system()
         self._show_model_status()
 
     def _apply_model_section(self, spec: str, path) -> None:
@@ -158,7 +158,7 @@ class ModelLoading:
             session.set_framing(values["framing"])
         if "system" in values:
             session.set_system(values["system"])
-            self.chat.show_system(session.system)
+            self.chat.show_system()
 
     def _model_failed(self, message: str | None) -> None:
         self.host.loading = None
