@@ -261,6 +261,7 @@ async def test_a_processor_that_never_returns_is_given_up_and_the_app_goes_on(ma
             await ready(pilot)
             app.host.choice.add(app.host.registry, "hang_test")
             await submit(pilot, "Hold")
+            await wait_for(pilot, lambda: app.chat.stream is not None)  # on a loaded machine, after a few frames
             stuck = app.chat.stream
             await wait_for(pilot, lambda: not app.host.generating)  # without the watchdog, this times out
             await pilot.pause()
@@ -293,6 +294,7 @@ async def test_a_step_given_up_that_polls_the_cancelled_flag_frees_its_thread(ma
             await ready(pilot)
             app.host.choice.add(app.host.registry, "hang_polling_test")
             await submit(pilot, "Hold")
+            await wait_for(pilot, lambda: app.chat.stream is not None)  # on a loaded machine, after a few frames
             stuck = app.chat.stream
             await wait_for(pilot, lambda: not app.host.generating)
             await pilot.pause()
