@@ -73,13 +73,17 @@ def hooks(tmp_path_factory) -> Path:
     return folder
 
 
-def torchrun(hooks, argv, *, writes: Path, at: int = 0, do: str = "", timeout: float = 240, accelerate=False):
-    """Run `bardterm ARGV` under torchrun (or `accelerate launch`) with 2 processes, in a session of its own (as a
-    terminal's process group)."""
+def torchrun(hooks, argv, *, writes: Path, at: int = 0, do: str = "", timeout: float = 240, accelerate=False,
+             config_file: Path | None = None):
+    """Run `bardterm ARGV` under torchrun (or `accelerate launch`, with `config_file` if given) with 2 processes, in
+    a session of its own (as a terminal's process group)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", BARDTERM_TEST_WRITES=str(writes),
                BARDTERM_TEST_AT=str(at), BARDTERM_TEST_DO=do)
-    if accelerate:  # on a machine without GPUs too, --multi_gpu is what starts several processes
+    if config_file:
+        launcher = [Path(sys.executable).with_name("accelerate"), "launch", "--config_file", config_file,
+                    "--main_process_port"]
+    elif accelerate:  # on a machine without GPUs too, --multi_gpu is what starts several processes
         launcher = [Path(sys.executable).with_name("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
     else:

@@ -82,12 +82,25 @@ def _fix_modes(stage: Path) -> None:
             os.chmod(path, mode)
 
 
-def write_hf_files(stage: Path, model, tokenizer, meta: dict) -> None:
-    """Save model (safetensors), config, generation config, tokenizer and bardterm.json into `stage`."""
+def tied_copies(model) -> set:
+    """Names of the weights that are another weight under a second name (a tied lm_head)."""
+    seen, copies = set(), set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            copies.add(name)
+        seen.add(id(param))
+    return copies
+
+
+def write_hf_files(stage: Path, model, tokenizer, meta: dict, weights: dict | None = None) -> None:
+    """Save model (safetensors), config, generation config, tokenizer and bardterm.json into `stage`; `weights`:
+    the model's full state dict where the model itself holds only a shard of it (FSDP)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model.save_pretrained(stage, safe_serialization=True)
+    if weights is not None:  # gathered tensors share no memory, so drop tied copies (lm_head = wte) here
+        weights = {key: value for key, value in weights.items() if key not in tied_copies(model)}
+    model.save_pretrained(stage, safe_serialization=True, state_dict=weights)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
@@ -121,10 +134,10 @@ def swap_dir(stage: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_dir(model, tokenizer, meta: dict, target: Path, *, top_level: bool) -> None:
+def save_model_dir(model, tokenizer, meta: dict, target: Path, *, top_level: bool, weights: dict | None = None) -> None:
     stage = staging_dir(target if top_level else target.parent, target.name if not top_level else "best")
     try:
-        write_hf_files(stage, model, tokenizer, meta)
+        write_hf_files(stage, model, tokenizer, meta, weights)
         if top_level:
             publish_files(stage, target)
         else:
@@ -217,19 +230,22 @@ def restore_rng(tensors: dict, meta: dict) -> None:
                          n["cached"]))
 
 
-def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average=None, rank_rngs=None) -> None:
+def save_resume(run_dir: Path, model, optimizer, trainer_state: dict, *, average=None, rank_rngs=None,
+                gathered: tuple[dict, dict] | None = None) -> None:
     """Everything to continue exactly: weights, optimizer, RNG, counters, and the weight average if kept.
 
     With several processes, rank 0 writes it all; `rank_rngs` is every rank's `capture_rng()` (their dropout
-    draws differ), saved as rng.safetensors for rank 0 and rng.rank<N>.safetensors for the others."""
+    draws differ), saved as rng.safetensors for rank 0 and rng.rank<N>.safetensors for the others. A sharded
+    model (FSDP) passes its `gathered` (full weights, full optimizer state): the same files result."""
     from safetensors.torch import save_file
 
     stage = staging_dir(run_dir, "resume")
     try:
-        save_file(_state_dict_tensors(model), str(stage / "model.safetensors"))
+        weights, optimizer_state = gathered or (_state_dict_tensors(model), optimizer.state_dict())
+        save_file({key: value.contiguous() for key, value in weights.items()}, str(stage / "model.safetensors"))
         if average is not None:
             save_file(_state_dict_tensors(average), str(stage / "average.safetensors"))
-        opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
         save_file(opt_tensors, str(stage / "optimizer.safetensors"))
         rank_rngs = rank_rngs or [capture_rng()]
         rng_meta = rank_rngs[0][1]
@@ -267,18 +283,29 @@ def read_resume_state(run_dir: Path) -> dict:
         raise BardtermError(f"resume state in {found} is unreadable ({error}); start a new run with --overwrite")
 
 
-def load_resume(run_dir: Path, model, optimizer, *, average=None, rank: int = 0) -> dict:
+def load_resume(run_dir: Path, model, optimizer, *, average=None, rank: int = 0, sharded: bool = False) -> dict:
+    """Restore what save_resume wrote; `sharded`: the model is split over the ranks (FSDP), each keeps its slice."""
     from safetensors.torch import load_file
 
     found = resume_dir(run_dir)
     state = read_resume_state(run_dir)
-    for target, name in [(model, "model.safetensors")] + ([(average, "average.safetensors")] if average else []):
-        weights = load_file(str(found / name))
-        missing, unexpected = target.load_state_dict(weights, strict=False)
-        frozen = _frozen(target)
-        if unexpected or [k for k in missing if not k.endswith("lm_head.weight") and k not in frozen]:
-            raise BardtermError(f"resume state in {found} does not match the model; start a new run with --overwrite")
-    optimizer.load_state_dict(optimizer_from_flat(load_file(str(found / "optimizer.safetensors")), state["optimizer"]))
+    mismatch = f"resume state in {found} does not match the model; start a new run with --overwrite"
+    optimizer_state = optimizer_from_flat(load_file(str(found / "optimizer.safetensors")), state["optimizer"])
+    if sharded:  # FSDP (which keeps no weight average): every rank takes its slice of the full files
+        from bardterm.training import sharding
+
+        try:
+            sharding.load_full(model, optimizer, load_file(str(found / "model.safetensors")), optimizer_state)
+        except (RuntimeError, KeyError, IndexError, ValueError):
+            raise BardtermError(mismatch) from None
+    else:
+        for target, name in [(model, "model.safetensors")] + ([(average, "average.safetensors")] if average else []):
+            weights = load_file(str(found / name))
+            missing, unexpected = target.load_state_dict(weights, strict=False)
+            frozen = _frozen(target)
+            if unexpected or [k for k in missing if not k.endswith("lm_head.weight") and k not in frozen]:
+                raise BardtermError(mismatch)
+        optimizer.load_state_dict(optimizer_state)
     if rank == 0:
         restore_rng(load_file(str(found / "rng.safetensors")), state["rng"])
     else:

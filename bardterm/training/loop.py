@@ -9,7 +9,9 @@
 
 Several processes (torchrun, `accelerate launch`): each reads its own share of every batch (global batch =
 batch size x grad accumulation x processes); rank 0 alone evaluates, prints and writes, the others wait for
-it, and every decision that ends the loop is taken by all ranks together (processes.py).
+it, and every decision that ends the loop is taken by all ranks together (processes.py). With FSDP (a model
+sharded over the processes, sharding.py) every rank also takes part in evaluating and in gathering what rank 0
+saves.
 
 Ctrl+C (or SIGTERM) asks the loop to stop after the current step; it then saves `last/` and `resume/` and
 returns 130. A second Ctrl+C aborts at once (the previous saved state stays valid). `--resume` reloads the
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer
@@ -39,7 +42,7 @@ from bardterm import __version__, lora
 from bardterm.data import load_dataset
 from bardterm.errors import BardtermError
 from bardterm.training import checkpoint as ckpt
-from bardterm.training import processes
+from bardterm.training import processes, sharding
 from bardterm.training.average import WeightAverage
 from bardterm.training.batches import BlockStream
 from bardterm.training.build import build_scratch, load_base, make_optimizer, retokenize
@@ -108,17 +111,21 @@ class RunState:
                      config=run.config, dataset_sha256=run.dataset.sha256, bardterm_version=__version__)
         return saved
 
-    def save(self, run: Run) -> None:
-        """Write resume/ (rank 0, with every rank's RNG state); the others wait until it is written."""
+    def save(self, run: Run, weights: dict | None) -> None:
+        """Write resume/ (rank 0, with every rank's RNG state); the others wait until it is written. `weights`:
+        the full weights that full_weights gathered from a sharded model."""
         rank_rngs = processes.gather_on_main(ckpt.capture_rng())
+        optimizer_state = sharding.full_optimizer_state(run.raw_model, run.optimizer) if run.sharded else None
         if run.main:
             ckpt.save_resume(run.run_dir, run.raw_model, run.optimizer, self.to_json(run),
-                             average=run.average.model if run.average else None, rank_rngs=rank_rngs)
+                             average=run.average.model if run.average else None, rank_rngs=rank_rngs,
+                             gathered=(weights, optimizer_state) if run.sharded else None)
 
     @classmethod
     def restore(cls, run: Run) -> RunState:
         saved = ckpt.load_resume(run.run_dir, run.raw_model, run.optimizer,
-                                 average=run.average.model if run.average else None, rank=run.rank)
+                                 average=run.average.model if run.average else None, rank=run.rank,
+                                 sharded=run.sharded)
         names = {f.name for f in fields(cls)} - {"pending", "started"}
         state = cls(**{k: v for k, v in saved.items() if k in names and v is not None})
         if run.average:
@@ -162,6 +169,11 @@ class Run:
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a slice of every weight (sharding.py)."""
+        return self.accelerator.distributed_type == DistributedType.FSDP
 
     @property
     def global_batch(self) -> int:
@@ -215,7 +227,7 @@ def model_and_tokenizer(config: dict, dataset, run_dir: Path, resume: bool):
     return model, tokenizer
 
 
-def make_accelerator(mp: str) -> Accelerator:
+def make_accelerator(mp: str, config: dict) -> Accelerator:
     if mp == "fp16" and not torch.cuda.is_available():
         raise BardtermError("--mixed-precision fp16 needs a GPU; use bf16 or no on a CPU")
     if processes.one_of_several_not_started():
@@ -227,7 +239,11 @@ def make_accelerator(mp: str) -> Accelerator:
     # Accelerate starts gloo for several processes on a machine without a GPU only when told it is on the CPU.
     cpu = processes.launched_world() > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=mp, cpu=cpu)
+    if cpu and sharding.requested():
+        sharding.enable_on_cpu(accelerator, mp)
     processes.refuse_sharding(accelerator.distributed_type)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        sharding.check(accelerator, config)
     return accelerator
 
 
@@ -259,7 +275,7 @@ def setup(config: dict, *, resume: bool, overwrite: bool, say) -> tuple[Run, Run
         raise BardtermError(f"dataset {dataset.name} has an empty validation split; give it more text")
 
     mp = mixed_precision(config["mixed_precision"])
-    accelerator = make_accelerator(mp)
+    accelerator = make_accelerator(mp, config)
     if not accelerator.is_main_process:
         hf_logging.set_verbosity_error()  # one copy of every warning: rank 0's
     world = accelerator.num_processes
@@ -348,10 +364,11 @@ def read_losses(run: Run, state: RunState) -> None:
 
 
 def evaluate(run: Run, state: RunState, train_loss: float) -> tuple[dict, bool]:
-    """Validation loss of the evaluated model, computed by rank 0 and shared, recorded in the history."""
+    """Validation loss of the evaluated model, computed by rank 0 (by every rank, for a sharded model's forward
+    needs them all) and shared, recorded in the history."""
     t0 = time.perf_counter()
     m = None
-    if run.main:
+    if run.main or run.sharded:
         m = evaluate_ids(run.evaluated, run.val_ids, len(run.dataset.splits["validation"]), run.config["block_size"],
                          bos=bos_id(run.tokenizer), batch_size=run.config["eval_batch_size"],
                          device=run.accelerator.device, autocast=run.accelerator.autocast)
@@ -410,19 +427,28 @@ def metadata(run: Run, state: RunState, kind: str) -> dict:
     }
 
 
+def full_weights(run: Run) -> dict | None:
+    """A sharded model's full weights, gathered onto rank 0 (every rank calls this); None otherwise: rank 0 saves
+    from its own whole copy."""
+    return sharding.full_weights(run.raw_model) if run.sharded else None
+
+
 def save_best(run: Run, state: RunState) -> None:
+    weights = full_weights(run)
     if run.main:
-        ckpt.save_model_dir(run.evaluated, run.tokenizer, metadata(run, state, "best"), run.run_dir, top_level=True)
+        ckpt.save_model_dir(run.evaluated, run.tokenizer, metadata(run, state, "best"), run.run_dir, top_level=True,
+                            weights=weights)
     run.accelerator.wait_for_everyone()
 
 
 def save_last_and_resume(run: Run, state: RunState, *, draw: bool = False) -> None:
     """last/ (the model as of now) and resume/ (everything to continue), written by rank 0 alone."""
     read_losses(run, state)
+    weights = full_weights(run)
     if run.main:
         ckpt.save_model_dir(run.evaluated, run.tokenizer, metadata(run, state, "last"), run.run_dir / "last",
-                            top_level=False)
-    state.save(run)
+                            top_level=False, weights=weights)
+    state.save(run, weights)
     if run.main and draw:
         plot(state.history, run.run_dir / "loss.png")
     run.accelerator.wait_for_everyone()

@@ -37,13 +37,13 @@ def one_of_several_not_started() -> bool:
 
 
 def refuse_sharding(distributed_type) -> None:
-    """Rank 0 evaluates and saves its whole copy of the model; a model sharded over the ranks (FSDP, DeepSpeed
-    ZeRO 3, Megatron) has none, so such a launch would hang or save a shard: refused before anything runs."""
+    """DeepSpeed and Megatron-LM shard the model their own ways, which bardterm does not gather or save; such a
+    launch would hang or save a shard, so it is refused before anything runs (FSDP is supported: sharding.py)."""
     name = str(getattr(distributed_type, "value", distributed_type)).upper()
-    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise BardtermError(f"bardterm train runs data-parallel (a whole model on every process); your Accelerate "
-                            f"config asks for {name}, which it does not support yet: set distributed_type: MULTI_GPU "
-                            "(or MULTI_CPU); a LoRA adapter (--lora R) needs far less memory than training every weight")
+    if name in ("DEEPSPEED", "MEGATRON_LM"):
+        raise BardtermError(f"bardterm train does not support {name}, which your Accelerate config asks for: set "
+                            "distributed_type: FSDP (with fsdp_version: 2) to shard a model too big for one device, "
+                            "or MULTI_GPU (or MULTI_CPU) to train data-parallel")
 
 
 def distributed() -> bool:
