@@ -299,7 +299,8 @@ def setup(config: dict, *, resume: bool, overwrite: bool, say) -> tuple[Run, Run
         probe_writable(run_dir)
     accelerator.wait_for_everyone()
 
-    model.to(accelerator.device)
+    if accelerator.distributed_type != DistributedType.FSDP:  # FSDP moves each rank's slice to its device itself
+        model.to(accelerator.device)
     optimizer = make_optimizer(model, config)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(prepared)
