@@ -2,7 +2,8 @@
 
 `accelerate launch --config_file fsdp.yaml` (distributed_type: FSDP, fsdp_version: 2) makes Accelerate shard the
 model with PyTorch's FSDP2 `fully_shard` in `accelerator.prepare`. Every rank then holds a slice of each weight
-(a DTensor), and each forward gathers a layer's whole weights just before it runs, on every rank together. So:
+(a DTensor), and a forward gathers the whole weights of each FSDP unit (a transformer block, with
+TRANSFORMER_BASED_WRAP) just before it runs, on every rank together. So:
 
 - saving: every rank joins in gathering the full weights (and the full optimizer state), which rank 0 alone holds,
   on the CPU, and writes as a one-process run would: a plain safetensors checkpoint and the same resume/ files;
