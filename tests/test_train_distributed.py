@@ -107,6 +107,22 @@ def bardterm_lines(stdout: str) -> list[str]:
                                                                      "stopped at", "stopping"))]
 
 
+def assert_same_tensors(one: Path, other: Path, names, *, exact: bool = False) -> None:
+    """Each safetensors file of `names` holds the same tensors in run directory `other` as in `one` (within float
+    tolerance, or bit for bit)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for name in names:
+        a, b = load_file(str(one / name)), load_file(str(other / name))
+        assert a.keys() == b.keys(), name
+        for key in a:
+            if exact:
+                assert torch.equal(a[key], b[key]), (name, key)
+            else:
+                torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+
+
 def writers(path: Path) -> set[str]:
     return {line.split()[0] for line in path.read_text().splitlines()} if path.exists() else set()
 
@@ -120,19 +136,12 @@ def two_process_run(data, hooks, tmp_path_factory):
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(two_process_run, data, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
     from bardterm.cli import main
 
     root, result = two_process_run
     one = tmp_path / "one"
     assert main(run_args(data, one, "--batch-size", "8")) == 0
-    for saved in ("resume/model.safetensors", "last/model.safetensors", "model.safetensors"):
-        a, b = load_file(str(one / saved)), load_file(str(root / "run" / saved))
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{saved} {key}")
+    assert_same_tensors(one, root / "run", ("resume/model.safetensors", "last/model.safetensors", "model.safetensors"))
     meta = json.loads((root / "run" / "bardterm.json").read_text())
     assert meta["derived"]["processes"] == 2 and meta["derived"]["global_batch"] == 8
     one_meta = json.loads((one / "bardterm.json").read_text())
@@ -157,9 +166,6 @@ def test_every_message_once_and_one_writer(two_process_run):
 
 def test_ctrl_c_stops_both_and_resume_under_two_processes_equals_the_uninterrupted_run(two_process_run, data, hooks,
                                                                                        tmp_path, capsys):
-    import torch
-    from safetensors.torch import load_file
-
     from bardterm.cli import main
 
     root, uninterrupted = two_process_run
@@ -183,10 +189,8 @@ def test_ctrl_c_stops_both_and_resume_under_two_processes_equals_the_uninterrupt
     logged = [line for line in bardterm_lines(uninterrupted.stdout) if line.startswith(("step ", "eval step"))]
     strip = lambda lines: [line.split(" lr ")[0].split("  val nats")[0] for line in lines]  # noqa: E731
     assert strip(before + after) == strip(logged)
-    for saved in ("resume/model.safetensors", "last/model.safetensors", "model.safetensors"):
-        a, b = load_file(str(root / "run" / saved)), load_file(str(out / saved))
-        for key in a:
-            assert torch.equal(a[key], b[key]), (saved, key)
+    assert_same_tensors(root / "run", out, ("resume/model.safetensors", "last/model.safetensors", "model.safetensors"),
+                        exact=True)
 
 
 def test_a_killed_rank_ends_the_run_cleanly_under_accelerate_launch(data, hooks, tmp_path):

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from bardterm.errors import BardtermError
-from test_train_distributed import bardterm_lines, data, hooks, run_args, torchrun, writers  # noqa: F401 (fixtures)
+from test_train_distributed import (assert_same_tensors, bardterm_lines, data, hooks, run_args,  # noqa: F401
+                                    torchrun, writers)
 
 FSDP_CONFIG = """\
 compute_environment: LOCAL_MACHINE
@@ -57,12 +57,9 @@ def test_fsdp_equals_one_process_with_the_same_global_batch(fsdp_run, data, tmp_
     root, result = fsdp_run
     one = tmp_path / "one"
     assert main(fsdp_args(data, one, "--batch-size", "8")) == 0
-    for saved in ("resume/model.safetensors", "last/model.safetensors", "model.safetensors",
-                  "resume/optimizer.safetensors"):  # gathered full weights and optimizer state, as one process saves
-        a, b = load_file(str(one / saved)), load_file(str(root / "run" / saved))
-        assert a.keys() == b.keys(), saved
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{saved} {key}")
+    # gathered full weights and optimizer state, saved as one process saves them
+    assert_same_tensors(one, root / "run", ("resume/model.safetensors", "last/model.safetensors",
+                                            "model.safetensors", "resume/optimizer.safetensors"))
     meta, one_meta = (json.loads((run / "bardterm.json").read_text()) for run in (root / "run", one))
     assert meta["derived"]["processes"] == 2 and meta["derived"]["global_batch"] == 8
     assert meta["derived"]["parameters"] == one_meta["derived"]["parameters"]
@@ -93,10 +90,9 @@ def test_an_fsdp_run_stopped_and_resumed_equals_the_uninterrupted_one(fsdp_run, 
                        config_file=config_file)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert writers(tmp_path / "writes.log") == {"0"}
-    for saved in ("resume/model.safetensors", "model.safetensors", "resume/optimizer.safetensors"):
-        a, b = load_file(str(root / "run" / saved)), load_file(str(out / saved))
-        for key in a:
-            assert torch.equal(a[key], b[key]), (saved, key)  # exact: each rank reloads its slice of the full state
+    # exact: each rank took back its slice of the full state
+    assert_same_tensors(root / "run", out, ("resume/model.safetensors", "model.safetensors",
+                                            "resume/optimizer.safetensors"), exact=True)
 
 
 @pytest.mark.parametrize("setting, message", [({"ema": 0.99}, "--ema is not supported with FSDP"),
