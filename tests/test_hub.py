@@ -228,3 +228,18 @@ def test_models_lists_cache_and_local_runs(server, capsys):
     assert entries["checkpoints/shakespeare"]["where"] == "local"
     assert main(["models"]) == 0
     assert REPO in capsys.readouterr().out
+
+
+def test_generate_shows_a_rich_download_bar_on_stderr(server, capsys, monkeypatch):
+    from bardterm.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # one line, so the bytes read whole
+    code = main(["generate", "To be", "--checkpoint", REPO, "--decoder", "greedy", "--max-new-tokens", "1",
+                 "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["stats"]["tokens"] == 1  # the bar never mixes into stdout
+    fetched = set(file_requests(server))
+    total = sum(len(data) for name, data in server.repos[REPO]["files"].items() if name in fetched)
+    bar = [line for line in captured.err.splitlines() if line.startswith(f"{REPO} ")]
+    assert len(bar) == 1, captured.err  # the final state of the bar: which model, file, bar, bytes done/total
+    assert "━" in bar[0] and f"{total / 1000:.1f}/{total / 1000:.1f} kB" in bar[0], bar[0]
