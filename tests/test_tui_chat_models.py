@@ -193,6 +193,36 @@ async def test_save_defaults_then_the_next_start_uses_them(env, chat_checkpoint)
         assert app.session.system == "You are terse."
 
 
+async def test_a_models_section_applies_on_a_later_load_under_the_command_line(env, chat_checkpoint, tiny_checkpoint,
+                                                                              monkeypatch):
+    folder, _ = chat_checkpoint
+    (env / "config.toml").write_text(
+        '[models."tiny-chat"]\ndecoder = "nucleus"\nsystem = "You are terse."\nmax_new_tokens = 5\n'
+        '[models."tiny-chat".params]\ntemperature = 0.7\n')
+    from bardterm.cli import build_parser
+    from bardterm.tui import run
+
+    started = {}
+    monkeypatch.setattr(BardtermApp, "run", lambda self: started.setdefault("options", self.options))
+    run(build_parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "9"]))
+    options = started["options"]
+    assert (options.system, options.max_new_tokens) == ("", 9)  # the first model has no section
+    app = BardtermApp(options)
+    async with app.run_test(size=(120, 32)) as pilot:
+        await ready(pilot)
+        assert app.session.system == "" and app.host.choice.label != "nucleus"
+        await submit(pilot, f"/load {folder}")
+        await wait_for(pilot, lambda: app.host.loaded is not None and app.host.loaded.path == folder)
+        await pilot.pause()
+        assert any(m.startswith("settings for tiny-chat from") for m in messages(app)), messages(app)
+        assert app.session.system == "You are terse."  # the section, where the command line said nothing
+        assert "You are terse." in str(app.query_one(".system-prompt").render())
+        assert app.host.choice.label == "nucleus"
+        assert app.host.choice.describe(app.host.registry).startswith("temperature=0.7")
+        assert app.host.max_new_tokens == 9  # the command line wins over the section's 5
+        await app.workers.wait_for_complete()
+
+
 async def test_a_broken_settings_file_is_one_notification_and_built_ins(env, tiny_checkpoint):
     (env / "config.toml").write_text("[defaults]\nmax_new_tokens = 0\n")
     from bardterm.cli import build_parser
