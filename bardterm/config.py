@@ -144,7 +144,7 @@ def _check_section(path: Path, where: str, values) -> dict[str, Any]:
 def save_model_settings(name: str, values: dict[str, Any], path: Path | None = None) -> Path:
     """Write `values` as the [models."name"] section, keeping the rest of the file; returns the file written.
     Raises ConfigError if the file has an error (it is not overwritten)."""
-    from bardterm.tui.store import write_atomic
+    from bardterm.files import write_atomic
 
     config = load(path)
     config.models[name] = _check_section(config.path, f'models."{name}"', values)

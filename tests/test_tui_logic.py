@@ -9,12 +9,13 @@ import sqlite3
 import pytest
 
 from bardterm.errors import BardtermError
+from bardterm.files import umask, write_atomic
 from bardterm.params import InvalidParameter, parse_seed
 from bardterm.registry import build, get_registry
 from bardterm.tui import commands
 from bardterm.tui.conversation import ChatFrame
 from bardterm.tui.settings import DecoderChoice
-from bardterm.tui.store import Store, Turn, data_dir, to_json, to_markdown, write_atomic
+from bardterm.tui.store import Store, Turn, data_dir, to_json, to_markdown
 from bardterm.tui.streaming import styled
 
 
@@ -94,6 +95,7 @@ def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
     write_atomic(target, "second")
     assert target.read_text() == "second"
     assert [p.name for p in target.parent.iterdir()] == ["x.md"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask()  # as open() would make it, not mkstemp's 0600
     (tmp_path / "file").write_text("")
     with pytest.raises(BardtermError, match="choose another path"):
         write_atomic(tmp_path / "file" / "child.md", "no")

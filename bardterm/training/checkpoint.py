@@ -24,21 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bardterm.errors import BardtermError
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+from bardterm.files import atomic_write_bytes, umask
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -55,28 +41,15 @@ def _json_default(obj):
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def staging_dir(parent: Path, name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
-    os.chmod(stage, 0o777 & ~_umask())
+    os.chmod(stage, 0o777 & ~umask())
     return stage
 
 
 def _fix_modes(stage: Path) -> None:
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~umask()
     for path in stage.iterdir():
         if path.is_file():
             os.chmod(path, mode)

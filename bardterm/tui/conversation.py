@@ -18,7 +18,8 @@ from typing import Callable, ClassVar
 
 from bardterm.chat_format import FRAMINGS, TemplateFrame, has_chat_template
 from bardterm.errors import BardtermError
-from bardterm.tui.store import Conversation, Store, Turn, to_json, to_markdown, write_atomic
+from bardterm.files import write_atomic
+from bardterm.tui.store import Conversation, Store, Turn, to_json, to_markdown
 
 DEFAULT_TEMPLATE = "{name}:\n{text}\n\n"
 
