@@ -260,10 +260,12 @@ async def test_a_processor_that_never_returns_is_given_up_and_the_app_goes_on(ma
         async with app.run_test(size=(100, 30)) as pilot:
             await ready(pilot)
             app.host.choice.add(app.host.registry, "hang_test")
+            before = len(Stream.given_up)
             await submit(pilot, "Hold")
-            await wait_for(pilot, lambda: app.chat.stream is not None)  # on a loaded machine, after a few frames
-            stuck = app.chat.stream
-            await wait_for(pilot, lambda: not app.host.generating)  # without the watchdog, this times out
+            # without the watchdog, this times out; the stream is read from the list of those given up, since
+            # on a loaded machine the whole reply can be given up before the test sees `app.chat.stream` set
+            await wait_for(pilot, lambda: len(Stream.given_up) > before and not app.host.generating)
+            stuck = Stream.given_up[-1]
             await pilot.pause()
             [error] = [m for m in messages(app) if "hang_test" in m]
             assert "has not returned from one step" in error and "use another decoder" in error
@@ -293,10 +295,10 @@ async def test_a_step_given_up_that_polls_the_cancelled_flag_frees_its_thread(ma
         async with app.run_test(size=(100, 30)) as pilot:
             await ready(pilot)
             app.host.choice.add(app.host.registry, "hang_polling_test")
+            before = len(Stream.given_up)
             await submit(pilot, "Hold")
-            await wait_for(pilot, lambda: app.chat.stream is not None)  # on a loaded machine, after a few frames
-            stuck = app.chat.stream
-            await wait_for(pilot, lambda: not app.host.generating)
+            await wait_for(pilot, lambda: len(Stream.given_up) > before and not app.host.generating)
+            stuck = Stream.given_up[-1]  # as above: never raced against `app.chat.stream`
             await pilot.pause()
             assert [m for m in messages(app) if "hang_polling_test" in m]  # given up, as any stuck step
             await wait_for(pilot, lambda: stuck.thread_done, timeout=20)  # the cancel ends its step: no busy thread
