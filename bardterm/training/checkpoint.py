@@ -73,7 +73,10 @@ def write_hf_files(stage: Path, model, tokenizer, meta: dict, weights: dict | No
     hf_logging.disable_progress_bar()
     if weights is not None:  # gathered tensors share no memory, so drop tied copies (lm_head = wte) here
         weights = {key: value for key, value in weights.items() if key not in tied_copies(model)}
-    model.save_pretrained(stage, safe_serialization=True, state_dict=weights)
+    # A LoRA adapter: bardterm keeps the base's tokenizer, so its embeddings never change size; peft's "auto"
+    # would ask the Hub for the base's config.json on every save to find that out.
+    adapter = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(stage, safe_serialization=True, state_dict=weights, **adapter)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
