@@ -41,13 +41,6 @@ def default_device() -> str:
     return "cpu"
 
 
-def default_dtype(device: str) -> str:
-    """bf16 where the GPU supports it, else fp32."""
-    from bardterm.precision import resolve
-
-    return resolve(None, device).name
-
-
 def default_checkpoint() -> Path:
     """The shipped checkpoint. (A newer run becomes the default only when passed with --checkpoint.)"""
     return SHIPPED_CHECKPOINT
