@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from bardterm.errors import BardtermError
+from bardterm.files import atomic_write_bytes
 
 # `owner/name` (or a legacy bare `name` such as gpt2), then optionally `@revision`.
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?)(?:@(?P<revision>[^\s@]+))?$")
@@ -401,6 +402,4 @@ def _link(blob: Path, pointer: Path) -> None:
 def _write_ref(folder: Path, revision: str, commit: str) -> None:
     ref = folder / "refs" / revision
     ref.parent.mkdir(parents=True, exist_ok=True)
-    temp = ref.with_name(ref.name + ".tmp")
-    temp.write_text(commit)
-    os.replace(temp, ref)
+    atomic_write_bytes(ref, commit.encode())
