@@ -13,7 +13,6 @@ penalty of 1.2, as greedy does, and never repeats a run of 6 tokens; `--repetiti
 import torch
 
 from bardterm import Hypothesis, Param, Selector, hookimpl
-from bardterm.decoders.base import Hypothesis, Selector
 
 _NEVER = -1.0e9  # the score transformers gives to candidates that must not be picked
 

@@ -6,7 +6,6 @@ gives the textbook algorithm, token for token what `generate(do_sample=False)` g
 """
 
 from bardterm import Selector, hookimpl
-from bardterm.decoders.base import Selector
 
 
 class Greedy(Selector):

@@ -5,7 +5,6 @@ repetition penalty barely moves a likely token (it scales a log-probability near
 from transformers import NoRepeatNGramLogitsProcessor
 
 from bardterm import Param, TransformersProcessor, hookimpl
-from bardterm.decoders.base import TransformersProcessor
 
 
 class NoRepeatNGram(TransformersProcessor):

@@ -1,7 +1,6 @@
 """Named setups for the common cases. A preset is a selector plus settings; flags given with it win."""
 
 from bardterm import hookimpl
-from bardterm.hookspecs import hookimpl
 
 
 @hookimpl

@@ -3,7 +3,6 @@
 import torch
 
 from bardterm import Selector, hookimpl
-from bardterm.decoders.base import Selector
 
 
 class Sample(Selector):

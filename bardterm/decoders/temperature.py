@@ -3,7 +3,6 @@
 from transformers import TemperatureLogitsWarper
 
 from bardterm import Param, TransformersProcessor, hookimpl
-from bardterm.decoders.base import TransformersProcessor
 
 
 class Temperature(TransformersProcessor):

@@ -3,7 +3,6 @@
 from transformers import TopKLogitsWarper
 
 from bardterm import Param, TransformersProcessor, hookimpl
-from bardterm.decoders.base import TransformersProcessor
 
 
 class TopK(TransformersProcessor):

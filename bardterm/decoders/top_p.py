@@ -4,7 +4,6 @@ keep the smallest set of tokens whose probabilities add up to p."""
 from transformers import TopPLogitsWarper
 
 from bardterm import Param, TransformersProcessor, hookimpl
-from bardterm.decoders.base import TransformersProcessor
 
 
 class TopP(TransformersProcessor):
