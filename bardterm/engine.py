@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bardterm.errors import BardtermError
-from bardterm.fast_gpt2 import gpt2_decode_step
+from bardterm.decode_step import fast_decode_step
 from bardterm.generation import check_lengths
 from bardterm.interface import DecoderSetup, Hypothesis, Processor, Step
 from bardterm.kv_cache import preallocated_cache
@@ -115,7 +115,7 @@ class DecodeRun:
         self.last_scores: torch.Tensor | None = None  # the processed scores of the latest batch-1 step
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache_arg = cache_argument(model)
-        self._fast_step = None  # a lean GPT-2 decode step, where it gives the same logits (see fast_gpt2.py)
+        self._fast_step = None  # a lean decode step, where it gives the same logits (see decode_step.py)
         self.busy: tuple[Processor, float] | None = None  # the processor running now, and since when
 
     @property
@@ -131,7 +131,7 @@ class DecodeRun:
             raise ValueError(f"forward(hidden={hidden!r}): hidden is False, 'last' or 'all'")
         if cache is None:  # the prompt: a cache sized for the whole generation, so no copying as it grows
             cache = preallocated_cache(self.model, self.prompt_length + self.max_new_tokens)
-            self._fast_step = gpt2_decode_step(self.model) if cache is not None else None
+            self._fast_step = fast_decode_step(self.model) if cache is not None else None
         elif self._fast_step is not None and not hidden and input_ids.shape[1] == 1:
             return Step(self._fast_step(input_ids, cache).float(), cache)
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
