@@ -8,15 +8,12 @@ hooks (hooks must see every call), one new token per row. Anything else takes th
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules import module as torch_module
 
-from bardterm.kv_cache import PreallocatedLayer
-from bardterm.quantize import Int8Linear
+from bardterm.lean_step import append, has_hooks, linear
 
 
 def gpt2_decode_step(model):
@@ -26,7 +23,7 @@ def gpt2_decode_step(model):
 
     config = model.config
     if not (isinstance(model, GPT2LMHeadModel) and not model.training and config._attn_implementation == "sdpa"
-            and not config.add_cross_attention and not _has_hooks(model)):
+            and not config.add_cross_attention and not has_hooks(model)):
         return None
     transformer, width = model.transformer, config.hidden_size
     heads = config.num_attention_heads
@@ -48,7 +45,7 @@ def gpt2_decode_step(model):
             # One position: (rows, 1, 3 * width) is already (rows, 3, heads, 1, head_dim) in memory, so one view
             # gives the (rows, heads, 1, head_dim) queries, keys and values that split + transpose would.
             query, key, value = _addmm(c_attn, _layer_norm(ln_1, hidden)).view(rows, 3, heads, 1, head_dim).unbind(1)
-            key, value = _append(cache, index, key, value)
+            key, value = append(cache, index, key, value)
             attended = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                                       scale=scaling, is_causal=False)
             hidden = _addmm(c_proj, attended.reshape(rows, 1, width)) + hidden
@@ -60,14 +57,6 @@ def gpt2_decode_step(model):
     return step
 
 
-def _append(cache, index, key, value):
-    """`cache.update` for one new position, writing straight into a preallocated layer's buffers when it can."""
-    layer = cache.layers[index]
-    if type(layer) is PreallocatedLayer and layer.fits(key.shape[-2]):
-        return layer.append(key, value)
-    return cache.update(key, value, index)
-
-
 def _norm(norm):
     return norm.normalized_shape, norm.weight, norm.bias, norm.eps
 
@@ -75,11 +64,7 @@ def _norm(norm):
 def _conv(conv):
     """What `_addmm` takes: Conv1D's (bias, weight, out), or a function for the layers precision.py puts in its
     place (int8: its own kernel; bf16/fp16: nn.Linear on (out, in) weights, as nn.Linear computes it)."""
-    if type(conv) is Int8Linear:
-        return conv
-    if type(conv) is torch.nn.Linear:
-        return functools.partial(F.linear, weight=conv.weight, bias=conv.bias)
-    return conv.bias, conv.weight, conv.nf
+    return linear(conv) or (conv.bias, conv.weight, conv.nf)
 
 
 def _layer_norm(norm, x):
@@ -102,19 +87,3 @@ def _new_gelu_(x):
     0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))). Overwrites nothing the caller keeps."""
     inner = torch.pow(x, 3.0).mul_(0.044715).add_(x).mul_(_GELU_C).tanh_().add_(1.0)
     return x.mul_(0.5).mul_(inner)
-
-
-def _has_hooks(model) -> bool:
-    """Whether a hook would miss calls that the lean step makes without the modules. transformers' own
-    output-capturing hooks, which it leaves on the layers after one call with output_hidden_states (contrastive
-    search's), record only inside the model's forward: they do not count, or one contrastive run would cost every
-    later generation its lean step."""
-    if any((torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks)):
-        return True
-    return any(m._forward_pre_hooks or any(not _captures_outputs(hook) for hook in m._forward_hooks.values())
-               for m in model.modules())
-
-
-def _captures_outputs(hook) -> bool:
-    return (getattr(hook, "__name__", "") == "output_capturing_hook"
-            and getattr(hook, "__module__", "").startswith("transformers."))
