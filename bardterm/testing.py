@@ -53,15 +53,17 @@ def make_gpt2(tokenizer, seed: int = 0, n_positions: int = 128, n_embd: int = 32
     return GPT2LMHeadModel(config).eval()
 
 
-def make_llama(tokenizer, seed: int = 0):
-    """A model of another architecture (Llama: rotary positions, RMSNorm, gated MLP)."""
+def make_llama(tokenizer, seed: int = 0, **config):
+    """A model of another architecture (Llama: rotary positions, RMSNorm, gated MLP); `config` overrides the
+    LlamaConfig (heads, tie_word_embeddings, rope_parameters, ...)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(**{"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                            "max_position_embeddings": 128, "bos_token_id": tokenizer.eos_token_id,
+                            "eos_token_id": tokenizer.eos_token_id, **config})
     return LlamaForCausalLM(config).eval()
 
 

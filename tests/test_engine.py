@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import TEXT, make_gpt2
+from conftest import TEXT, make_gpt2, make_llama
 
 from bardterm.decoders.base import Hypothesis, Processor, Selector
 from bardterm.engine import DecodeRun, DecoderFault, Generation, cache_argument, generate
@@ -451,8 +451,10 @@ def test_the_preallocated_cache_matches_the_dynamic_one_past_capacity_and_reorde
     assert ours.get_seq_length() == 3 + 5
 
 
-def test_generation_takes_the_lean_step_on_gpt2_only(gpt2, llama, tokenizer):
-    on_gpt2 = Generation(gpt2, tokenizer, "To be", build("greedy"), max_new_tokens=3)
-    on_llama = Generation(llama, tokenizer, "To be", build("greedy"), max_new_tokens=3)
-    run_all(on_gpt2), run_all(on_llama)
-    assert on_gpt2.run._fast_step is not None and on_llama.run._fast_step is None
+def test_generation_takes_the_lean_step_where_there_is_one(gpt2, llama, tokenizer):
+    scaled = make_llama(tokenizer, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    on_gpt2, on_llama, on_scaled = (Generation(model, tokenizer, "To be", build("greedy"), max_new_tokens=3)
+                                    for model in (gpt2, llama, scaled))
+    run_all(on_gpt2), run_all(on_llama), run_all(on_scaled)
+    assert on_gpt2.run._fast_step is not None and on_llama.run._fast_step is not None
+    assert on_scaled.run._fast_step is None  # scaled rotary positions: the model itself
