@@ -11,7 +11,7 @@ row that ends (EOS, length, a stop string, cancel, a fault) leaves the batch, an
 
 The rows wait for each other at every step, so each must be iterated, each in its own thread. Only the standard
 token-by-token search shares a pass: a selector with its own `search` (beam, contrastive) runs apart, as do
-generations whose prompt ids differ and models without a row-selectable cache (not a transformers model).
+generations whose prompt ids differ and models without a row-selectable cache (`decode_step.new_cache`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from bardterm.engine import Cancelled, DecodeRun, Generation, Result
 from bardterm.interface import Selector, Step
-from bardterm.kv_cache import preallocated_cache
+from bardterm.decode_step import new_cache
 
 WAIT_S = 0.5  # how often a waiting row looks for rows held by a stuck processor (which then leave the batch)
 
@@ -63,7 +63,7 @@ def _can_batch(generation: Generation) -> bool:
     # A whole search of its own (beam, contrastive) makes its own passes with its own rows; the standard search
     # makes one pass per token with one row, which is what a batch row is.
     model = generation.model
-    return type(generation.setup.selector).search is Selector.search and preallocated_cache(model, 1) is not None
+    return type(generation.setup.selector).search is Selector.search and new_cache(model, 1) is not None
 
 
 class BatchedGeneration:

@@ -1,10 +1,25 @@
-"""The decode step a model runs for one new token per row: a lean step for the architectures that have one,
-where it gives the same logits as the model (see fast_gpt2.py, fast_llama.py), else None and the engine calls the model.
+"""What a model runs a generation with: its KV cache, allocated once for the whole generation, and its decode
+step: a lean step for the architectures that have one, where it gives the same logits as the model (see
+fast_gpt2.py, fast_llama.py), else None and the engine calls the model.
 
 One place to add an architecture's lean step, or to wrap steps (compiled, batched) for every architecture.
 """
 
 from __future__ import annotations
+
+import sys
+
+
+def new_cache(model, capacity: int):
+    """A cache for up to `capacity` positions: the model's own (`model.new_cache`, bardterm's models), else
+    kv_cache.py's for a transformers model, else None (the model then makes its own on the first pass)."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache(capacity)
+    if "transformers" not in sys.modules:  # not imported: the model cannot be one of its models
+        return None
+    from bardterm.kv_cache import preallocated_cache
+
+    return preallocated_cache(model, capacity)
 
 
 def fast_decode_step(model):

@@ -6,8 +6,8 @@
     print(generation.result.stats)
 
 The model runs with its KV cache: each step feeds only the new token, never the whole prefix again. The cache
-is allocated once for the whole generation (`kv_cache.py`), and GPT-2 models take a lean decode step that gives
-the same logits with less Python per token (`fast_gpt2.py`).
+is allocated once for the whole generation, and GPT-2 models take a lean decode step that gives the same logits
+with less Python per token (both chosen in `decode_step.py`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import Any
 import torch
 
 from bardterm.errors import BardtermError
-from bardterm.decode_step import fast_decode_step
+from bardterm.decode_step import fast_decode_step, new_cache
 from bardterm.generation import check_lengths
 from bardterm.interface import DecoderSetup, Hypothesis, Processor, Step
-from bardterm.kv_cache import preallocated_cache
 from bardterm.text import IncrementalDecoder, token_piece
 
 SLOW_STEP_S = 10.0  # a processor that takes longer than this for one step is stopped as faulty
@@ -130,7 +129,7 @@ class DecodeRun:
         if hidden not in (False, True, "last", "all"):
             raise ValueError(f"forward(hidden={hidden!r}): hidden is False, 'last' or 'all'")
         if cache is None:  # the prompt: a cache sized for the whole generation, so no copying as it grows
-            cache = preallocated_cache(self.model, self.prompt_length + self.max_new_tokens)
+            cache = new_cache(self.model, self.prompt_length + self.max_new_tokens)
             self._fast_step = fast_decode_step(self.model) if cache is not None else None
         elif self._fast_step is not None and not hidden and input_ids.shape[1] == 1:
             return Step(self._fast_step(input_ids, cache).float(), cache)

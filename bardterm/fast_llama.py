@@ -10,6 +10,8 @@ model's own `rotary_emb` for all positions at once (the same numbers as its one 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,8 @@ from bardterm.lean_step import append, has_hooks, linear
 
 def llama_decode_step(model):
     """Return `step(input_ids (rows, 1), cache) -> logits (rows, vocab)` for `model`, or None if not exact."""
+    if "transformers" not in sys.modules:  # not imported: the model cannot be one of its models
+        return None
     from transformers import LlamaForCausalLM
 
     config = model.config

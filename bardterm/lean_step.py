@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
 
-from bardterm.kv_cache import PreallocatedLayer
 from bardterm.quantize import Int8Linear
 
 
@@ -24,9 +23,11 @@ def linear(layer):
 
 
 def append(cache, index, key, value):
-    """`cache.update` for one new position, writing straight into a preallocated layer's buffers when it can."""
-    layer = cache.layers[index]
-    if type(layer) is PreallocatedLayer and layer.fits(key.shape[-2]):
+    """`cache.update` for new positions, writing straight into preallocated buffers when the layer has room
+    (kv_cache.PreallocatedLayer and kv_buffers.BufferLayer both have `fits` and `append`)."""
+    layer = cache.layers[index] if index < len(cache.layers) else None
+    fits = getattr(layer, "fits", None)
+    if fits is not None and fits(key.shape[-2]):
         return layer.append(key, value)
     return cache.update(key, value, index)
 

@@ -121,14 +121,14 @@ def _check_safetensors(file: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | None = None,
-                    allow_pickle: bool = False, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a directory, on `device` (default: best available)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+                    allow_pickle: bool = False, trust_remote_code: bool = False, native: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a directory, on `device` (default: best available).
 
-    hf_logging.disable_progress_bar()  # our own UI reports progress; theirs would garble the stream
-    hf_logging.set_verbosity_error()
+    A plain GPT-2 checkpoint loads as bardterm's own model (`gpt2.py`, `tokenizer.py`), without importing
+    transformers, which is most of the start-up time; `native=False` asks for transformers' classes whatever
+    the checkpoint (training and LoRA need them). Both give the same logits."""
+    import torch
+
     if is_adapter_dir(path):
         return load_adapter_checkpoint(path, device, dtype, allow_pickle, trust_remote_code)
     path = check_checkpoint(path, allow_pickle)
@@ -142,6 +142,44 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
     device = device or default_device()
     precision = resolve_precision(dtype, device)  # checks the name before anything slow
     torch_dtype = getattr(torch, precision.load_dtype)
+    load = _load_native if native and why_not_native(path, config) is None else _load_transformers
+    model, tokenizer = load(path, torch_dtype, allow_pickle, trust_remote_code)
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as error:
+        raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
+    model.eval()
+    apply_precision(model, precision)
+    return LoadedModel(model, tokenizer, path, device, precision.name, precision.label, precision.note)
+
+
+def why_not_native(path: Path, config: dict) -> str | None:
+    """Why the checkpoint in `path` needs transformers' classes, or None when bardterm's own GPT-2 runs it."""
+    from bardterm import gpt2, tokenizer
+
+    if not isinstance(config, dict):
+        return "config.json is not an object"
+    if not (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").exists():
+        return "weights not in one model.safetensors"
+    return gpt2.supports(config) or tokenizer.supports(path)
+
+
+def _load_native(path: Path, torch_dtype, allow_pickle: bool, trust_remote_code: bool):
+    from bardterm import gpt2
+    from bardterm.tokenizer import Tokenizer
+
+    try:
+        return gpt2.load(path, torch_dtype), Tokenizer(path)
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as error:
+        raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
+
+
+def _load_transformers(path: Path, torch_dtype, allow_pickle: bool, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own UI reports progress; theirs would garble the stream
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -153,13 +191,7 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
     except (OSError, KeyError, RuntimeError) as error:
         raise BardtermError(f"could not load {path}: {str(error).splitlines()[0]}") from None
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as error:
-        raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
-    model.eval()
-    apply_precision(model, precision)
-    return LoadedModel(model, tokenizer, path, device, precision.name, precision.label, precision.note)
+    return model, tokenizer
 
 
 def load_adapter_checkpoint(path: str | Path, device: str | None = None, dtype: str | None = None,
@@ -172,7 +204,7 @@ def load_adapter_checkpoint(path: str | Path, device: str | None = None, dtype: 
     path = Path(path).expanduser()
     precision = resolve_precision(dtype, device or default_device())  # int8: quantized after the merge
     base = load_checkpoint(resolve_checkpoint(lora.adapter_base(path)), device, precision.load_dtype, allow_pickle,
-                           trust_remote_code)
+                           trust_remote_code, native=False)  # peft wraps transformers' classes
     model = lora.attach(base.model, path).eval()
     apply_precision(model, precision)
     tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer

@@ -90,6 +90,8 @@ def _token_bytes(tokenizer, token_id: int) -> bytes | None:
 @functools.cache
 def _byte_of_char() -> dict[str, int]:
     """GPT-2's byte-level alphabet, reversed: the character that stands for each byte -> the byte."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return {char: byte for byte, char in bytes_to_unicode().items()}
+    # GPT-2's bytes_to_unicode (as transformers' convert_slow_tokenizer has it): printable bytes stand for
+    # themselves, the others for the characters from U+0100 on, in order.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{chr(byte): byte for byte in printable}, **{chr(256 + n): byte for n, byte in enumerate(others)}}

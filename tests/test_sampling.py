@@ -107,3 +107,26 @@ def test_a_draw_at_either_end_lands_on_a_possible_token(monkeypatch, uniform, ex
     monkeypatch.setattr(sample.torch, "rand", lambda shape, **options: torch.full(shape, uniform))
     probs = torch.tensor([[0.0, 0.5, 0.25, 0.0, 0.25, 0.0, 0.0]])  # tokens 0, 3, 5 and 6 are ruled out
     assert int(sample.draw(probs, torch.Generator())[0]) == expected
+
+
+@pytest.mark.parametrize("name, settings, reference", [
+    ("temperature", {"temperature": 0.7}, lambda lp: lp.TemperatureLogitsWarper(0.7)),
+    ("top_k", {"top_k": 5}, lambda lp: lp.TopKLogitsWarper(top_k=5)),
+    ("top_p", {"top_p": 0.8}, lambda lp: lp.TopPLogitsWarper(top_p=0.8)),
+    ("top_p", {"top_p": 1.0}, lambda lp: lp.TopPLogitsWarper(top_p=1.0)),
+    ("repetition_penalty", {"repetition_penalty": 1.3}, lambda lp: lp.RepetitionPenaltyLogitsProcessor(penalty=1.3)),
+])
+def test_the_processors_written_out_equal_transformers_own(name, settings, reference):
+    """temperature, top_k, top_p and repetition_penalty are written out (importing transformers' versions costs
+    half a second of start-up): bit for bit theirs, ties and -inf included."""
+    from transformers.generation import logits_process
+
+    from bardterm.registry import get_registry
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 50, generator=generator).round(decimals=1)  # rounding makes ties
+    scores[0, :4] = -float("inf")
+    input_ids = torch.randint(0, 50, (3, 9), generator=generator)
+    ours = get_registry().decoders[name].create(**settings)
+    expected = reference(logits_process)(input_ids, scores.clone())
+    assert torch.equal(ours(input_ids, scores.clone()), expected)

@@ -2,8 +2,6 @@
 any token that would repeat an n-gram already in the text. The standard cure for beam search's loops, where a
 repetition penalty barely moves a likely token (it scales a log-probability near 0)."""
 
-from transformers import NoRepeatNGramLogitsProcessor
-
 from bardterm import Param, TransformersProcessor, hookimpl
 
 
@@ -17,6 +15,8 @@ class NoRepeatNGram(TransformersProcessor):
     )
 
     def make(self):
+        from transformers import NoRepeatNGramLogitsProcessor  # imported when used: transformers is slow to import
+
         return NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size) if self.no_repeat_ngram_size else _unchanged
 
 

@@ -1,11 +1,12 @@
 """Repetition penalty (Keskar et al., 2019, CTRL): make every token already in the text less likely."""
 
-from transformers import RepetitionPenaltyLogitsProcessor
+import torch
+import torch.nn.functional as F
 
-from bardterm import Param, TransformersProcessor, hookimpl
+from bardterm import Param, Processor, hookimpl
 
 
-class RepetitionPenalty(TransformersProcessor):
+class RepetitionPenalty(Processor):
     name = "repetition_penalty"
     help = "Divide the score of every token already seen by a penalty (> 1 discourages repeats)."
     order = 10
@@ -14,8 +15,15 @@ class RepetitionPenalty(TransformersProcessor):
               max=10),
     )
 
-    def make(self):
-        return RepetitionPenaltyLogitsProcessor(penalty=self.repetition_penalty)
+    def __call__(self, input_ids, scores):
+        # transformers' RepetitionPenaltyLogitsProcessor, op for op. Ids past the scores' vocabulary (an embedding
+        # table larger than the head) go to one padding column, dropped after.
+        vocab_size = scores.shape[-1]
+        padded = F.pad(scores, (0, 1))
+        input_ids = input_ids.clamp(max=vocab_size)
+        seen = torch.gather(padded, 1, input_ids)
+        seen = torch.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
+        return padded.scatter(1, input_ids, seen)[..., :vocab_size]
 
 
 @hookimpl

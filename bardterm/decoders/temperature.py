@@ -1,11 +1,9 @@
 """Temperature: divide the logits by T. Below 1 sharpens the distribution, above 1 flattens it."""
 
-from transformers import TemperatureLogitsWarper
-
-from bardterm import Param, TransformersProcessor, hookimpl
+from bardterm import Param, Processor, hookimpl
 
 
-class Temperature(TransformersProcessor):
+class Temperature(Processor):
     name = "temperature"
     help = "Divide logits by T: < 1 is more conservative, > 1 more adventurous."
     order = 20
@@ -14,8 +12,8 @@ class Temperature(TransformersProcessor):
               hint="temperature 0 means always the most likely token: use --decoder greedy"),
     )
 
-    def make(self):
-        return TemperatureLogitsWarper(self.temperature)
+    def __call__(self, input_ids, scores):
+        return scores / self.temperature  # transformers' TemperatureLogitsWarper
 
 
 @hookimpl

@@ -1,18 +1,20 @@
 """Top-k (Fan et al., 2018, "Hierarchical Neural Story Generation"): keep only the k most likely tokens."""
 
-from transformers import TopKLogitsWarper
+import torch
 
-from bardterm import Param, TransformersProcessor, hookimpl
+from bardterm import Param, Processor, hookimpl
 
 
-class TopK(TransformersProcessor):
+class TopK(Processor):
     name = "top_k"
     help = "Keep only the k most likely tokens."
     order = 30
     params = (Param("top_k", int, 50, "How many tokens to keep.", min=1),)
 
-    def make(self):
-        return TopKLogitsWarper(top_k=self.top_k)
+    def __call__(self, input_ids, scores):
+        # transformers' TopKLogitsWarper, op for op: ties with the k-th score are kept.
+        kth = torch.topk(scores, min(self.top_k, scores.size(-1)))[0][..., -1, None]
+        return scores.masked_fill(scores < kth, -float("inf"))
 
 
 @hookimpl

@@ -296,5 +296,5 @@ def load_model(path, device=None, dtype="float32"):
     """(model, tokenizer) from a checkpoint directory, through the project's safe loader, in fp32 unless asked."""
     from bardterm.models import load_checkpoint
 
-    loaded = load_checkpoint(path, device=device or "cpu", dtype=dtype)
+    loaded = load_checkpoint(path, device=device or "cpu", dtype=dtype, native=False)  # trainable, savable
     return loaded.model, loaded.tokenizer

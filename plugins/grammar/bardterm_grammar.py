@@ -43,9 +43,7 @@ class Grammar(Processor):
         import llguidance
 
         if run.tokenizer is not self._tokenizer:  # ~20 ms for 4096 tokens, ~1 s for 50k: once per tokenizer
-            import llguidance.hf
-
-            self._llguidance_tokenizer = llguidance.hf.from_tokenizer(run.tokenizer)
+            self._llguidance_tokenizer = llguidance_tokenizer(run.tokenizer)
             self._tokenizer = run.tokenizer
         self.matcher = llguidance.LLMatcher(self._llguidance_tokenizer, self.grammar)
         if self.matcher.is_error():
@@ -72,6 +70,23 @@ class Grammar(Processor):
         if new and not self.matcher.consume_tokens(new):
             raise BardtermError(f"grammar: the text left the grammar ({self.matcher.get_error()})")
         self.consumed = generated
+
+
+def llguidance_tokenizer(tokenizer):
+    """llguidance's view of a tokenizer backed by the `tokenizers` library: transformers' fast tokenizers and
+    bardterm's own both have one as `backend_tokenizer`. What `llguidance.hf.from_tokenizer` does, without its
+    check for transformers' class (which imports transformers, slow, and refuses bardterm's tokenizer)."""
+    import copy
+
+    import llguidance
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise BardtermError("grammar needs a tokenizer with a tokenizer.json (a fast tokenizer): this model's has none")
+    backend = copy.copy(backend)
+    backend.no_padding()
+    backend.no_truncation()
+    return llguidance.LLTokenizer(backend.to_str(), eos_token=tokenizer.eos_token_id)
 
 
 def compile_grammar(json_schema: str, regex: str) -> str:
