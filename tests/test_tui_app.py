@@ -525,6 +525,9 @@ async def test_compare_streams_every_setup(make_app, tokenizer, gpt2, monkeypatc
         await pilot.press("enter")
         try:
             await wait_for(pilot, lambda: all(c.stream is not None and c.stream.latest for c in screen.columns))
+            # greedy and nucleus share one model pass per token; beam search makes its own (batching.py)
+            greedy, beam, nucleus = (getattr(c.stream.generation, "batch", None) for c in screen.columns)
+            assert greedy is nucleus is not None and beam is None
         finally:
             Gate.opened.set()
         await wait_for(pilot, lambda: not screen.generating)

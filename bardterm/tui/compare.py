@@ -83,20 +83,23 @@ class CompareScreen(Screen):
         except BardtermError as error:
             self.notify(str(error), severity="error", timeout=8)
             return
+        from bardterm.batching import lockstep  # imports torch, as the loaded model already has
+
+        text, options = prompt, {}
+        if framed is not None:
+            text, options = framed.text, {"stop": framed.stop, "stop_token_ids": framed.stop_token_ids,
+                                          "max_new_tokens": framed.max_new_tokens}
+        made = []
         for column in self.columns:
             try:
-                if framed is None:
-                    column.stream = self.host.start(self, prompt, choice=column.choice, tag="compare",
-                                                    label=column.setup_name)
-                else:
-                    column.stream = self.host.start(self, framed.text, stop=framed.stop,
-                                                    stop_token_ids=framed.stop_token_ids, choice=column.choice,
-                                                    max_new_tokens=framed.max_new_tokens, tag="compare",
-                                                    label=column.setup_name)
+                made.append((column, self.host.generation(text, choice=column.choice, **options)))
             except BardtermError as error:
                 column.show("", "")
                 self.notify(f"{column.setup_name}: {error}", severity="error", timeout=8)
-                continue
+        # Every column that can share one model pass per token does: those columns stream in lockstep.
+        rows = lockstep([generation for _, generation in made])
+        for (column, _), row in zip(made, rows):
+            column.stream = self.host.stream(self, row, tag="compare", label=column.setup_name)
             column.show("", "waiting…")
 
     def action_run_again(self) -> None:

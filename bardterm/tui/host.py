@@ -10,6 +10,7 @@ from bardterm.errors import BardtermError
 from bardterm.tui.streaming import Stream
 
 if TYPE_CHECKING:
+    from bardterm.engine import Generation
     from bardterm.models import LoadedModel
     from bardterm.registry import Registry
     from bardterm.tui.settings import DecoderChoice
@@ -42,19 +43,26 @@ class ModelHost:
             raise BardtermError("decoders are still loading: try again in a moment")
         return self.registry
 
-    def start(self, target, prompt: str | list[int], *, stop=(), stop_token_ids=(),
-              choice: DecoderChoice | None = None, max_new_tokens: int | None = None, tag: str = "",
-              label: str = "") -> Stream:
+    def start(self, target, prompt: str | list[int], *, tag: str = "", label: str = "", **options) -> Stream:
         """Start generating a continuation of `prompt` (text, or a chat template's token ids) with the current
         (or given) decoder choice, its updates posted to `target` as messages; raises BardtermError (NotReady
-        when no model is ready). `stop_token_ids` end it as EOS does (a chat model's end of turn)."""
+        when no model is ready). The options are `generation`'s."""
+        return self.stream(target, self.generation(prompt, **options), tag=tag, label=label)
+
+    def generation(self, prompt: str | list[int], *, stop=(), stop_token_ids=(),
+                   choice: DecoderChoice | None = None, max_new_tokens: int | None = None) -> Generation:
+        """A generation of `prompt` with the current (or given) decoder choice, not started; raises BardtermError.
+        `stop_token_ids` end it as EOS does (a chat model's end of turn)."""
         from bardterm.engine import Generation
 
         self.check_ready()
         choice = choice or self.choice
-        generation = Generation(self.loaded.model, self.loaded.tokenizer, prompt, choice.setup(self.registry),
-                                max_new_tokens=max_new_tokens or self.max_new_tokens, stop=stop, seed=choice.seed,
-                                top_alternatives=TOP_ALTERNATIVES, stop_token_ids=stop_token_ids)
+        return Generation(self.loaded.model, self.loaded.tokenizer, prompt, choice.setup(self.registry),
+                          max_new_tokens=max_new_tokens or self.max_new_tokens, stop=stop, seed=choice.seed,
+                          top_alternatives=TOP_ALTERNATIVES, stop_token_ids=stop_token_ids)
+
+    def stream(self, target, generation: Generation, *, tag: str = "", label: str = "") -> Stream:
+        """Run `generation` in a thread, its updates posted to `target` as messages."""
         stream = Stream(target, generation, tag=tag, label=label)
         self.streams = [s for s in self.streams if s.running] + [stream]
         stream.start()
