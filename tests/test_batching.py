@@ -8,7 +8,7 @@ import torch
 import bardterm.engine
 from bardterm.batching import BatchedGeneration, lockstep, run_all
 from bardterm.decoders.base import Processor
-from bardterm.engine import Generation, generate
+from bardterm.engine import DecoderFault, Generation, generate
 from bardterm.registry import build
 from bardterm.testing import make_gpt2, make_llama
 
@@ -194,3 +194,33 @@ def test_generations_of_different_prompts_run_apart(gpt2, tokenizer):
     assert lockstep(rows) == rows
     assert [r.token_ids for r in run_all(rows)] == [generate(gpt2, tokenizer, p, build("greedy"), max_new_tokens=4)
                                                     .token_ids for p in ("To be", "Romeo")]
+
+
+class Broken(Processor):
+    """A plugin's bug at step `step`."""
+
+    name = "broken_test"
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def __call__(self, input_ids, scores):
+        if self.run.step == self.step:
+            raise ValueError("oops")
+        return scores
+
+
+def test_a_faulty_row_fails_alone(gpt2, tokenizer):
+    expected = apart(gpt2, tokenizer, SETUPS[:3], max_new_tokens=12)
+    rows = generations(gpt2, tokenizer, SETUPS[:3], max_new_tokens=12)
+    rows[1].setup.chain.append(Broken(5))
+    failed = []
+    for row in lockstep(rows):
+        try:
+            finish(row)
+        except DecoderFault as error:
+            failed.append(str(error))
+    assert failed == ["decoder 'broken_test' raised ValueError: oops"]
+    assert rows[1].result is None
+    assert [rows[i].result.token_ids for i in (0, 2)] == [expected[i].token_ids for i in (0, 2)]
