@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+import time
 
 import torch
 
@@ -125,8 +126,10 @@ class Lockstep:
     def _drive(self) -> None:
         """Every row a step in turn, until all have ended; each update, end or fault to that row's queue."""
         rows = {row: iter(generation) for row, generation in enumerate(self.generations)}
+        begun, late = time.perf_counter(), {}
         while rows:
             for row, updates in list(rows.items()):
+                late.setdefault(row, time.perf_counter() - begun)  # a row's clock starts when the batch's does
                 try:
                     update = next(updates)
                 except StopIteration:
@@ -137,6 +140,9 @@ class Lockstep:
                     del rows[row]
                 else:
                     self._latest[row] = update.token_ids
+                    stats = update.stats  # each update's own (the last one's: the result's)
+                    stats.total_s += late[row]
+                    stats.ttft_s = None if stats.ttft_s is None else stats.ttft_s + late[row]
                 self.queues[row].put(update)
         # (no row is left, and so is no cache: the batch ends with its last row)
 

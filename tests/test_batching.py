@@ -128,6 +128,8 @@ def test_batched_gives_the_same_tokens_as_running_apart(models, tokenizer, name,
     assert all(r.stop_reason == "length" and r.stats.tokens == 40 for r in results)
     assert len({tuple(r.token_ids) for r in results}) == 4  # four different texts: the setups really differ
     assert rows == [1] + [4] * 39  # the prompt once for all, then one pass of four rows per token
+    first_tokens = [r.stats.ttft_s for r in results]  # each row's clock starts with the batch (and its prompt pass)
+    assert first_tokens == sorted(first_tokens) and all(r.stats.total_s > r.stats.ttft_s for r in results)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
