@@ -2,8 +2,8 @@
 beside the same setups as separate generations, each in its own thread at the same time (as compare ran them
 before), on the shipped checkpoint, in the same run.
 
-    python benchmarks/compare_speed.py          # 2, 3 and 4 setups, 128 tokens, 5 repeats; writes benchmarks/results/
-    python benchmarks/compare_speed.py --quick  # smoke test: 3 setups, 16 tokens, 1 repeat, prints only
+    python benchmarks/compare_speed.py --threads 1 2  # 2, 3, 4 setups, 128 tokens, 5 repeats; writes results/
+    python benchmarks/compare_speed.py --quick       # smoke test: 3 setups, 16 tokens, 1 repeat, prints only
 
 Every setup makes exactly N tokens (min_new_tokens = max_new_tokens), so both ways do the same work. Tokens/s
 counts every column's tokens over the wall time from the start to the last column's end; the two ways alternate
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, help="new tokens per setup (default 128)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 5)")
     parser.add_argument("--setups", type=int, nargs="+", help="how many setups, each (default 2 3 4)")
+    parser.add_argument("--threads", type=int, nargs="+", help="torch threads, each (default: torch's own)")
     parser.add_argument("--output", help="where to write the results ('-': print only)")
     args = parser.parse_args(argv)
     tokens = args.tokens or (16 if args.quick else 128)
@@ -99,9 +100,10 @@ def main(argv=None) -> int:
              f"checkpoint {CHECKPOINT.relative_to(REPO)} ({loaded.model.dtype}), {tokens} new tokens per setup, "
              f"median of {repeats} interleaved repeats; tok/s = every column's tokens / wall time; ratio = batched "
              "tok/s / separate tok/s in the same repeat",
-             "", f"{'setups':<40} {'separate tok/s':>14} {'batched tok/s':>14} {'ratio (range)':>20} same ids"]
+             "", f"{'threads':<7} {'setups':<40} {'separate tok/s':>14} {'batched tok/s':>14} {'ratio (range)':>20} same ids"]
     print("\n".join(lines), flush=True)
-    for count in counts:
+    for threads, count in [(t, c) for t in args.threads or [torch.get_num_threads()] for c in counts]:
+        torch.set_num_threads(threads)
         speeds: dict[str, list[float]] = {"separate": [], "batched": []}
         same = True
         for repeat in range(repeats):
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
             same = same and ids["separate"] == ids["batched"]
         ratios = [b / s for b, s in zip(speeds["batched"], speeds["separate"])]
         names = ", ".join(name for name, _, _ in SETUPS[:count])
-        line = (f"{names:<40} {statistics.median(speeds['separate']):>14.1f} "
+        line = (f"{threads:<7} {names:<40} {statistics.median(speeds['separate']):>14.1f} "
                 f"{statistics.median(speeds['batched']):>14.1f} "
                 f"{statistics.median(ratios):>8.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) {'yes' if same else 'NO'}")
         print(line, flush=True)

@@ -132,6 +132,20 @@ def test_batched_gives_the_same_tokens_as_running_apart(models, tokenizer, name,
     assert first_tokens == sorted(first_tokens) and all(r.stats.total_s > r.stats.ttft_s for r in results)
 
 
+def test_bardterms_own_gpt2_batches_too(tmp_path, models, tokenizer, monkeypatch):
+    from bardterm.models import load_checkpoint
+
+    models["gpt2"].save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_checkpoint(tmp_path, device="cpu")  # a plain GPT-2 checkpoint loads as bardterm's own model
+    assert type(loaded.model).__module__ == "bardterm.gpt2"
+    expected = apart(loaded.model, loaded.tokenizer, max_new_tokens=20)
+    rows = count_passes(monkeypatch, loaded.model)
+    results = run_all(generations(loaded.model, loaded.tokenizer, max_new_tokens=20))
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    assert rows == [1] + [4] * 19
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_a_row_sees_the_logits_it_would_see_alone(models, tokenizer, name):
     # Batched matrix products round differently from batch 1: here by up to 2e-6 on logits up to 4.5, so 1e-5.
