@@ -100,7 +100,7 @@ def main(argv=None) -> int:
              f"checkpoint {CHECKPOINT.relative_to(REPO)} ({loaded.model.dtype}), {tokens} new tokens per setup, "
              f"median of {repeats} interleaved repeats; tok/s = every column's tokens / wall time; ratio = batched "
              "tok/s / separate tok/s in the same repeat",
-             "", f"{'threads':<7} {'setups':<40} {'separate tok/s':>14} {'batched tok/s':>14} {'ratio (range)':>20} same ids"]
+             "", f"{'threads':<7} {'setups':<52} {'separate tok/s':>14} {'batched tok/s':>14} {'ratio (range)':>20} same ids"]
     print("\n".join(lines), flush=True)
     for threads, count in [(t, c) for t in args.threads or [torch.get_num_threads()] for c in counts]:
         torch.set_num_threads(threads)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             same = same and ids["separate"] == ids["batched"]
         ratios = [b / s for b, s in zip(speeds["batched"], speeds["separate"])]
         names = ", ".join(name for name, _, _ in SETUPS[:count])
-        line = (f"{threads:<7} {names:<40} {statistics.median(speeds['separate']):>14.1f} "
+        line = (f"{threads:<7} {names:<52} {statistics.median(speeds['separate']):>14.1f} "
                 f"{statistics.median(speeds['batched']):>14.1f} "
                 f"{statistics.median(ratios):>8.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) {'yes' if same else 'NO'}")
         print(line, flush=True)
