@@ -75,6 +75,13 @@ def test_the_lean_llama_step_is_only_used_where_it_is_exact(tokenizer, gpt2):
     assert llama_decode_step(make_llama(tokenizer)) is not None
 
 
+def test_the_lean_llama_step_survives_a_forward_that_asked_for_hidden_states(tokenizer):
+    model = make_llama(tokenizer)
+    with torch.no_grad():  # as contrastive search does: transformers leaves its output-capturing hooks on the layers
+        model(input_ids=torch.tensor([[3, 9]]), output_hidden_states=True)
+    assert llama_decode_step(model) is not None
+
+
 def greedy_ids(model, tokenizer) -> list[int]:
     generation = Generation(model, tokenizer, "ROMEO:", build("greedy", chain=[]), max_new_tokens=12,
                             min_new_tokens=12)
