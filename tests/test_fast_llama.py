@@ -33,7 +33,7 @@ def in_precision(model, name: str):
 @pytest.mark.parametrize("name", ["float32", "bfloat16", "float16", "int8"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_the_lean_llama_step_gives_exactly_the_models_logits(tokenizer, shape, name):
-    # max_position_embeddings 16: the last steps run past the rotary table, which must grow as the model goes on
+    # the rotary table grows as the positions go (twice the positions seen), and past max_position_embeddings
     model = in_precision(make_llama(tokenizer, seed=3, max_position_embeddings=16, **SHAPES[shape]), name)
     if name == "int8":
         assert type(model.lm_head).__name__ == "Int8Linear"
