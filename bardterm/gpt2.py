@@ -161,4 +161,4 @@ def load(path: Path, dtype: torch.dtype) -> GPT2:
         raise ValueError(f"model.safetensors lacks {missing[0]}")
     model.load_state_dict({name: weights[name].to(dtype) for name in expected}, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign replaced both: tie them again
-    return model.eval()
+    return model.eval().requires_grad_(False)  # for inference only: bardterm trains transformers' classes

@@ -119,7 +119,8 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer, each tensor counted once (tied weights are one tensor)."""
     seen, total = set(), 0
     for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
+        key = id(tensor) if tensor.is_mkldnn else tensor.data_ptr()  # packed.py's weights have no data pointer
+        if key not in seen:
+            seen.add(key)
             total += tensor.numel() * tensor.element_size()
     return total

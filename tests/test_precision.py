@@ -205,9 +205,34 @@ def test_eval_measures_what_a_precision_costs(tiny_checkpoint, capsys, tmp_path,
     assert abs(figures["int8"] - figures["float32"]) < 0.01 * figures["float32"]
 
 
-def test_half_precision_keeps_gpt2s_weights_as_out_by_in_linear_layers(tokenizer):
-    model = in_precision(make_gpt2(tokenizer), "bfloat16")
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_half_precision_keeps_gpt2s_weights_as_out_by_in_linear_layers(tokenizer, monkeypatch, name):
+    from bardterm import packed
+
+    monkeypatch.setattr(packed, "can_pack", lambda: False)  # bf16 without oneDNN's packed layers
+    model = in_precision(make_gpt2(tokenizer), name)
     assert not [m for m in model.modules() if type(m).__name__ == "Conv1D"]
     attention = model.transformer.h[0].attn.c_attn
     assert type(attention) is torch.nn.Linear and attention.weight.shape == (3 * 32, 32)
-    assert attention.weight.dtype == torch.bfloat16 and attention.weight.is_contiguous()
+    assert attention.weight.dtype == getattr(torch, name) and attention.weight.is_contiguous()
+
+
+@pytest.mark.skipif(not __import__("bardterm.packed").packed.can_pack(), reason="no oneDNN bf16 on this CPU")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bf16_layers_are_packed_once_and_give_the_same_numbers(tokenizer, arch):
+    """packed.py: on a CPU with oneDNN bf16, every bf16 linear layer but a tied head holds its weight in oneDNN's
+    layout, and the logits are bit for bit those of plain bf16 nn.Linear layers."""
+    from bardterm import packed
+
+    make = make_gpt2 if arch == "gpt2" else make_llama
+    plain, packed_model = make(tokenizer), make(tokenizer)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packed, "can_pack", lambda: False)
+        plain = in_precision(plain, "bfloat16")
+    packed_model = in_precision(packed_model, "bfloat16")
+    tied = plain.lm_head.weight.data_ptr() == plain.get_input_embeddings().weight.data_ptr()
+    kinds = [type(m).__name__ for m in packed_model.modules()]
+    assert "PackedLinear" in kinds and kinds.count("Linear") == (1 if tied else 0)  # a tied head stays as it is
+    ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
+    assert torch.equal(plain(input_ids=ids).logits, packed_model(input_ids=ids).logits)
+    assert greedy_ids(plain, tokenizer) == greedy_ids(packed_model, tokenizer)

@@ -1,0 +1,48 @@
+"""bfloat16 linear layers whose weights are laid out once, at load, in oneDNN's blocked format.
+
+`F.linear` in bfloat16 on the CPU hands oneDNN a plain (out, in) weight, and oneDNN reorders it into its blocked
+layout on every call: at batch 1 the reorder costs as much as the product. Reordering once is what PyTorch's own
+compiler does for frozen CPU models (`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`, the ops
+Inductor's freezing pass emits). Same products, bit for bit (tested); only the weight's layout differs.
+Measured on a 2-core AMD EPYC (Zen 5, avx512_bf16), one thread, distilgpt2's 24 block matrices per token:
+F.linear 14.3 ms, packed 9.0 ms (fp32 addmm: 15.9 ms).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear in bfloat16 with its weight in oneDNN's blocked layout (an opaque mkldnn tensor)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1))
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bfloat16 packed for oneDNN"
+
+
+def can_pack() -> bool:
+    """Whether this PyTorch and CPU can run packed bfloat16 layers (oneDNN with native bf16)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def pack_bf16_linears(model: nn.Module) -> nn.Module:
+    """Replace every bfloat16 nn.Linear on the CPU with a PackedLinear, in place, except a head that shares its
+    weight with the input embedding (packing it would store the largest matrix twice). Returns the model."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shared = embeddings.weight.data_ptr() if isinstance(embeddings, nn.Embedding) else None
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"
+                    and child.weight.data_ptr() != shared):
+                setattr(parent, name, PackedLinear(child))
+    return model
