@@ -82,28 +82,28 @@ def test_the_lean_llama_step_survives_a_forward_that_asked_for_hidden_states(tok
     assert llama_decode_step(model) is not None
 
 
-def greedy_ids(model, tokenizer) -> list[int]:
-    generation = Generation(model, tokenizer, "ROMEO:", build("greedy", chain=[]), max_new_tokens=12,
-                            min_new_tokens=12)
+def generated_ids(model, tokenizer, decoder: str) -> list[int]:
+    setup = build("beam", num_beams=3, chain=[]) if decoder == "beam" else build("greedy", chain=[])
+    generation = Generation(model, tokenizer, "ROMEO:", setup, max_new_tokens=12, min_new_tokens=12)
     for _ in generation:
         pass
     return generation.result.token_ids
 
 
-@pytest.mark.parametrize("name", ["float32", "int8"])
-def test_the_engine_takes_the_lean_llama_step_and_gives_the_same_greedy_ids(tokenizer, monkeypatch, name):
+@pytest.mark.parametrize("name, decoder", [("float32", "greedy"), ("int8", "greedy"), ("float32", "beam")])
+def test_the_engine_takes_the_lean_llama_step_and_gives_the_same_ids(tokenizer, monkeypatch, name, decoder):
     model = in_precision(make_llama(tokenizer, seed=4, **SHAPES["gqa2 untied"]), name)
     calls = []
 
     def counted(model):
         step = llama_decode_step(model)
-        return lambda input_ids, cache: calls.append(1) or step(input_ids, cache)
+        return lambda input_ids, cache: calls.append(input_ids.shape[0]) or step(input_ids, cache)
 
     monkeypatch.setattr(engine, "fast_decode_step", counted)
-    lean = greedy_ids(model, tokenizer)
-    assert len(calls) == 11  # every token after the prompt's
+    lean = generated_ids(model, tokenizer, decoder)
+    assert calls == [3 if decoder == "beam" else 1] * 11  # every token after the prompt's, all rows at once
     monkeypatch.setattr(engine, "fast_decode_step", lambda model: None)
-    assert lean == greedy_ids(model, tokenizer)
+    assert lean == generated_ids(model, tokenizer, decoder)
 
 
 def test_fast_decode_step_picks_the_llama_step(tokenizer):
