@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
 
-from bardterm.packed import PackedLinear
+from bardterm.packed import PackedLinear, WidenedLinear
 from bardterm.quantize import Int8Linear
 
 
 def linear(layer):
     """`layer`'s product as a plain function, for the layers precision.py leaves: nn.Linear (any float type),
-    Int8Linear and PackedLinear (their own kernels); None for anything else. Without the module call (the hooks are checked)."""
-    if type(layer) is Int8Linear or type(layer) is PackedLinear:
+    Int8Linear, PackedLinear and WidenedLinear (their own kernels); None for anything else. Without the module call (the hooks are checked)."""
+    if type(layer) in (Int8Linear, PackedLinear, WidenedLinear):
         return layer.forward
     if type(layer) is torch.nn.Linear:
         return functools.partial(F.linear, weight=layer.weight, bias=layer.bias)

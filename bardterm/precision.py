@@ -132,8 +132,9 @@ def apply(model, precision: Precision) -> None:
         from bardterm.quantize import to_linear_layout
 
         to_linear_layout(model)
-        if precision.name == "bfloat16":
-            from bardterm.packed import can_pack, pack_bf16_linears
+        from bardterm import packed  # on the CPU only (see packed.py)
 
-            if can_pack():
-                pack_bf16_linears(model)  # on the CPU only; the same products, faster at batch 1
+        if precision.name == "bfloat16" and packed.can_pack():
+            packed.pack_bf16_linears(model)  # the same products, faster at batch 1
+        elif precision.name == "float16" and not native_fp16():
+            packed.widen_fp16_linears(model)  # prompts in float32, not through an emulated fp16 product

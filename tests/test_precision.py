@@ -210,6 +210,7 @@ def test_half_precision_keeps_gpt2s_weights_as_out_by_in_linear_layers(tokenizer
     from bardterm import packed
 
     monkeypatch.setattr(packed, "can_pack", lambda: False)  # bf16 without oneDNN's packed layers
+    monkeypatch.setattr(precision, "native_fp16", lambda flags=None: True)  # fp16 layers not widened
     model = in_precision(make_gpt2(tokenizer), name)
     assert not [m for m in model.modules() if type(m).__name__ == "Conv1D"]
     attention = model.transformer.h[0].attn.c_attn
@@ -236,3 +237,23 @@ def test_bf16_layers_are_packed_once_and_give_the_same_numbers(tokenizer, arch):
     ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
     assert torch.equal(plain(input_ids=ids).logits, packed_model(input_ids=ids).logits)
     assert greedy_ids(plain, tokenizer) == greedy_ids(packed_model, tokenizer)
+
+
+@pytest.mark.parametrize("native_fp16", [False, True])
+def test_fp16_layers_widen_several_rows_where_the_cpu_has_no_fp16(tokenizer, monkeypatch, native_fp16):
+    """packed.py's WidenedLinear: without fp16 arithmetic, one row stays on the fp16 kernel (bit for bit plain
+    fp16) and several rows are multiplied in float32 (within fp16's rounding of plain fp16's result)."""
+    from bardterm.packed import WidenedLinear
+
+    monkeypatch.setattr(precision, "native_fp16", lambda flags=None: native_fp16)
+    model = in_precision(make_gpt2(tokenizer), "float16")
+    layers = [m for m in model.modules() if isinstance(m, (WidenedLinear, torch.nn.Linear))]
+    assert all(type(m) is (torch.nn.Linear if native_fp16 else WidenedLinear) for m in layers)
+    if native_fp16:
+        return
+    layer = model.transformer.h[0].attn.c_attn
+    one, rows = torch.randn(1, 1, 32).half(), torch.randn(1, 7, 32).half()
+    plain = lambda x: torch.nn.functional.linear(x, layer.weight, layer.bias)  # noqa: E731
+    assert torch.equal(layer(one), plain(one))
+    torch.testing.assert_close(layer(rows), plain(rows), rtol=2e-3, atol=2e-3)
+    assert layer(rows).dtype == torch.float16
