@@ -27,8 +27,9 @@ def gpt2_decode_step(model):
 
 
 def lean_forward(model):
-    """Return `forward(input_ids (rows, positions), cache, hidden=False) -> (logits, hidden states or None)` over
-    `model`'s weights as they are now (after precision.py has laid them out). Logits are for every position;
+    """Return `forward(input_ids (rows, positions), cache, hidden=False, keep=0) -> (logits, hidden states or None)`
+    over `model`'s weights as they are now (after precision.py has laid them out). Logits are for the last `keep`
+    positions (0: every position: the head is the largest product, and a prompt needs only its last);
     with `hidden`, the hidden states are transformers' `output_hidden_states` tuple: the embeddings, each block's
     output, and the last one after the final layer norm."""
     config, transformer = model.config, model.transformer
@@ -43,7 +44,7 @@ def lean_forward(model):
     project = (lambda x: F.linear(x, head.weight)) if type(head) is torch.nn.Linear else head
     positions = torch.arange(wpe.shape[0], device=wpe.device)
 
-    def forward(input_ids: torch.Tensor, cache, hidden: bool = False):
+    def forward(input_ids: torch.Tensor, cache, hidden: bool = False, keep: int = 0):
         rows, length = input_ids.shape
         seen = cache.get_seq_length()
         states = [] if hidden else None
@@ -66,7 +67,7 @@ def lean_forward(model):
         x = _layer_norm(ln_f, x)
         if hidden:
             states.append(x)
-        return project(x), (tuple(states) if hidden else None)
+        return project(x[:, -keep:, :] if keep else x), (tuple(states) if hidden else None)
 
     return forward
 

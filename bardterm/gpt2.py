@@ -139,9 +139,7 @@ class GPT2(nn.Module):
         from bardterm.fast_gpt2 import lean_forward
 
         cache = past_key_values if past_key_values is not None else BufferCache(input_ids.shape[1])
-        logits, hidden = lean_forward(self)(input_ids, cache, hidden=output_hidden_states)
-        if logits_to_keep:
-            logits = logits[:, -logits_to_keep:, :]
+        logits, hidden = lean_forward(self)(input_ids, cache, hidden=output_hidden_states, keep=logits_to_keep)
         return Output(logits, cache if use_cache else None, hidden)
 
 

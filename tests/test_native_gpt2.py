@@ -37,6 +37,17 @@ def test_the_same_logits_and_hidden_states_as_transformers(both):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_logits_to_keep_gives_the_last_positions_logits(both):
+    native, reference = both
+    ids = torch.tensor([native.tokenizer.encode("To be, or not to be, that is the question")])
+    whole = native.model(input_ids=ids).logits
+    for keep in (1, 3):
+        kept = native.model(input_ids=ids, logits_to_keep=keep).logits
+        assert kept.shape[1] == keep
+        torch.testing.assert_close(kept, whole[:, -keep:], rtol=0, atol=1e-6)
+        torch.testing.assert_close(kept, reference.model(input_ids=ids, logits_to_keep=keep).logits, rtol=0, atol=1e-6)
+
+
 def test_positions_after_a_cache_see_what_they_should(both):
     """Several new positions after a cached prefix (the explicit-mask path) equal one pass over the whole."""
     native, _ = both
