@@ -104,8 +104,9 @@ class GPT2(nn.Module):
         self.transformer = nn.Module()
         # Weights on the meta device, uninitialised, for the checkpoint to fill in. (Not under a
         # torch.device("meta") block: random initialisers there import torch._dynamo, a second of start-up.)
-        self.transformer.wte = nn.Embedding(config.vocab_size, config.n_embd, _weight=_meta(config.vocab_size, config.n_embd))
-        self.transformer.wpe = nn.Embedding(config.n_positions, config.n_embd, _weight=_meta(config.n_positions, config.n_embd))
+        width = config.n_embd
+        self.transformer.wte = nn.Embedding(config.vocab_size, width, _weight=_meta(config.vocab_size, width))
+        self.transformer.wpe = nn.Embedding(config.n_positions, width, _weight=_meta(config.n_positions, width))
         self.transformer.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.transformer.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, device="meta")
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False, device="meta")
@@ -149,7 +150,8 @@ def load(path: Path, dtype: torch.dtype) -> GPT2:
 
     config = SimpleNamespace(**{**DEFAULTS, **json.loads((path / "config.json").read_text(encoding="utf-8"))})
     generation = path / "generation_config.json"
-    generation_config = SimpleNamespace(**json.loads(generation.read_text(encoding="utf-8"))) if generation.is_file() else None
+    generation_config = (SimpleNamespace(**json.loads(generation.read_text(encoding="utf-8")))
+                         if generation.is_file() else None)
     model = GPT2(config, generation_config)
     weights = load_file(path / "model.safetensors")
     weights.setdefault("lm_head.weight", weights.get("transformer.wte.weight"))

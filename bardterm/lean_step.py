@@ -15,7 +15,8 @@ from bardterm.quantize import Int8Linear
 
 def linear(layer):
     """`layer`'s product as a plain function, for the layers precision.py leaves: nn.Linear (any float type),
-    Int8Linear, PackedLinear and WidenedLinear (their own kernels); None for anything else. Without the module call (the hooks are checked)."""
+    Int8Linear, PackedLinear and WidenedLinear (their own kernels); None for anything else. Without the module
+    call (the hooks are checked)."""
     if type(layer) in (Int8Linear, PackedLinear, WidenedLinear):
         return layer.forward
     if type(layer) is torch.nn.Linear:
