@@ -146,19 +146,21 @@ class GPT2(nn.Module):
 
 def load(path: Path, dtype: torch.dtype) -> GPT2:
     """The GPT-2 in checkpoint folder `path` (already checked by models.check_checkpoint), in `dtype`."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     config = SimpleNamespace(**{**DEFAULTS, **json.loads((path / "config.json").read_text(encoding="utf-8"))})
     generation = path / "generation_config.json"
     generation_config = (SimpleNamespace(**json.loads(generation.read_text(encoding="utf-8")))
                          if generation.is_file() else None)
     model = GPT2(config, generation_config)
-    weights = load_file(path / "model.safetensors")
-    weights.setdefault("lm_head.weight", weights.get("transformer.wte.weight"))
-    expected = dict(model.state_dict())
-    missing = [name for name in expected if name not in weights]
-    if missing:
-        raise ValueError(f"model.safetensors lacks {missing[0]}")
-    model.load_state_dict({name: weights[name].to(dtype) for name in expected}, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign replaced both: tie them again
+    expected = [name for name in model.state_dict() if name != "lm_head.weight"]  # the head is the embedding
+    weights = {}
+    with safe_open(path / "model.safetensors", framework="pt") as file:
+        missing = sorted(set(expected) - set(file.keys()))
+        if missing:
+            raise ValueError(f"model.safetensors lacks {missing[0]}")
+        for name in expected:  # one tensor at a time: the file's type and ours are never both held whole
+            weights[name] = file.get_tensor(name).to(dtype)
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign replaced the embedding: tie the head again
     return model.eval().requires_grad_(False)  # for inference only: bardterm trains transformers' classes
