@@ -41,7 +41,7 @@ def lean_forward(model):
               for block in transformer.h]
     ln_f, wte, wpe, head = _norm(transformer.ln_f), transformer.wte, transformer.wpe.weight, model.lm_head
     embed = (lambda ids: F.embedding(ids, wte.weight)) if type(wte) is torch.nn.Embedding else wte
-    project = (lambda x: F.linear(x, head.weight)) if type(head) is torch.nn.Linear else head
+    project = linear(head) or head
     positions = torch.arange(wpe.shape[0], device=wpe.device)
 
     def forward(input_ids: torch.Tensor, cache, hidden: bool = False, keep: int = 0):

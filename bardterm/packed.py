@@ -44,14 +44,15 @@ def can_pack() -> bool:
 
 
 def pack_bf16_linears(model: nn.Module) -> nn.Module:
-    """Replace every bfloat16 nn.Linear on the CPU with a PackedLinear, in place, except a head that shares its
-    weight with the input embedding (packing it would store the largest matrix twice). Returns the model."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    shared = embeddings.weight.data_ptr() if isinstance(embeddings, nn.Embedding) else None
+    """Replace every bfloat16 nn.Linear on the CPU with a PackedLinear, in place. Returns the model.
+
+    A head tied to the input embedding is packed too, into a copy: the embedding keeps the plain table for its
+    lookups. That stores the largest matrix twice (distilgpt2's bf16 weights 164 -> 241 MB, still below fp32's
+    330), but a plain bf16 head is reordered on every call: distilgpt2-shaped, one thread, 63 -> 86 tok/s, and the
+    first token 185 -> 15 ms."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if (type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"
-                    and child.weight.data_ptr() != shared):
+            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
                 setattr(parent, name, PackedLinear(child))
     return model
 
