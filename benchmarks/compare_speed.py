@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 5)")
     parser.add_argument("--setups", type=int, nargs="+", help="how many setups, each (default 2 3 4)")
     parser.add_argument("--threads", type=int, nargs="+", help="torch threads, each (default: torch's own)")
+    parser.add_argument("--dtype", default="float32", help="the precision to load in (default float32)")
     parser.add_argument("--output", help="where to write the results ('-': print only)")
     args = parser.parse_args(argv)
     tokens = args.tokens or (16 if args.quick else 128)
@@ -94,10 +95,10 @@ def main(argv=None) -> int:
     counts = args.setups or ([3] if args.quick else [2, 3, 4])
     output = args.output or ("-" if args.quick else str(RESULTS))
 
-    loaded = load_checkpoint(CHECKPOINT, device="cpu")
+    loaded = load_checkpoint(CHECKPOINT, device="cpu", dtype=args.dtype)
     timed("batched", loaded, 2, 4)  # warm up: first calls allocate
     lines = [describe_machine(), lscpu(),
-             f"checkpoint {CHECKPOINT.relative_to(REPO)} ({loaded.model.dtype}), {tokens} new tokens per setup, "
+             f"checkpoint {CHECKPOINT.relative_to(REPO)} ({loaded.dtype}), {tokens} new tokens per setup, "
              f"median of {repeats} interleaved repeats; tok/s = every column's tokens / wall time; ratio = batched "
              "tok/s / separate tok/s in the same repeat",
              "", f"{'threads':<7} {'setups':<52} {'separate tok/s':>14} {'batched tok/s':>14} {'ratio (range)':>20} same ids"]
