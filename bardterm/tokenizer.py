@@ -63,6 +63,7 @@ class Tokenizer:
         return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
+        # No clean-up of spaces: `supports` refuses a tokenizer configured for it, and bardterm never asks for it.
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
