@@ -10,6 +10,17 @@ import copy
 import torch
 
 
+def write_after(buffers: tuple[torch.Tensor, torch.Tensor], length: int, key_states: torch.Tensor,
+                value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write new keys and values into (key, value) buffers after their first `length` positions; returns views
+    of everything written so far. (kv_cache.py's layers for transformers' models write the same way.)"""
+    end = length + key_states.shape[-2]
+    key_buffer, value_buffer = buffers
+    key_buffer.narrow(2, length, end - length).copy_(key_states)
+    value_buffer.narrow(2, length, end - length).copy_(value_states)
+    return key_buffer.narrow(2, 0, end), value_buffer.narrow(2, 0, end)
+
+
 class BufferLayer:
     """One layer's keys and values: views into buffers of `capacity` positions (doubled if ever outgrown)."""
 
@@ -28,12 +39,7 @@ class BufferLayer:
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor):
         """Write the new positions after the old ones; returns all keys and values so far."""
-        length = self.get_seq_length()
-        end = length + key_states.shape[-2]
-        key_buffer, value_buffer = self._buffers
-        key_buffer.narrow(2, length, end - length).copy_(key_states)
-        value_buffer.narrow(2, length, end - length).copy_(value_states)
-        self.keys, self.values = key_buffer.narrow(2, 0, end), value_buffer.narrow(2, 0, end)
+        self.keys, self.values = write_after(self._buffers, self.get_seq_length(), key_states, value_states)
         return self.keys, self.values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor):

@@ -20,6 +20,8 @@ import torch
 from transformers import PreTrainedConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from bardterm.kv_buffers import write_after
+
 
 class PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values are views into buffers sized for the whole generation."""
@@ -50,12 +52,7 @@ class PreallocatedLayer(DynamicLayer):
 
     def append(self, key_states, value_states):
         """`update` without its checks, for a caller that asked `fits` (the lean GPT-2 step, every token)."""
-        length = self.keys.shape[-2]
-        end = length + key_states.shape[-2]
-        key_buffer, value_buffer = self._buffers
-        key_buffer.narrow(2, length, end - length).copy_(key_states)
-        value_buffer.narrow(2, length, end - length).copy_(value_states)
-        self.keys, self.values = key_buffer.narrow(2, 0, end), value_buffer.narrow(2, 0, end)
+        self.keys, self.values = write_after(self._buffers, self.keys.shape[-2], key_states, value_states)
         return self.keys, self.values
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
