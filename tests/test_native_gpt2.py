@@ -140,3 +140,17 @@ def test_generating_from_the_shipped_model_never_imports_transformers():
 
 def _edit(file, **changes):
     file.write_text(json.dumps({**json.loads(file.read_text()), **changes}))
+
+
+def test_the_reader_gives_safetensors_own_tensors_in_any_type(tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    from bardterm.gpt2 import read_safetensors
+
+    file = tiny_checkpoint / "model.safetensors"
+    expected = load_file(file)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        ours = read_safetensors(file, list(expected), dtype)
+        assert all(torch.equal(ours[name], tensor.to(dtype)) for name, tensor in expected.items())
+    with pytest.raises(ValueError, match="lacks nothing.here"):
+        read_safetensors(file, ["nothing.here"], torch.float32)
