@@ -165,8 +165,7 @@ def read_safetensors(file: Path, names: list[str], dtype: torch.dtype) -> dict[s
     type and ours are never both held whole (a memory map would keep every page read until closed: distilgpt2's
     bf16 load peaked at 693 MB that way, fp32's whole file mapped beside the bf16 copy)."""
     with file.open("rb") as handle:
-        header_length = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_length))
+        header_length, header = _header(handle)
         missing = [name for name in names if name not in header]
         if missing:
             raise ValueError(f"{file.name} lacks {missing[0]}")
@@ -182,3 +181,16 @@ def read_safetensors(file: Path, names: list[str], dtype: torch.dtype) -> dict[s
             tensor = torch.frombuffer(data, dtype=SAFETENSORS_TYPES[entry["dtype"]]) if data else torch.empty(0)
             tensors[name] = tensor.view(entry["shape"]).to(dtype)
     return tensors
+
+
+def names_weights_as_transformers_does(file: Path) -> bool:
+    """Whether a safetensors file names GPT-2's weights as GPT2LMHeadModel saves them ("transformer.h.0...");
+    the original GPT-2 checkpoints on the Hub, saved from GPT2Model, name them without the prefix."""
+    with file.open("rb") as handle:
+        return "transformer.wte.weight" in _header(handle)[1]
+
+
+def _header(handle) -> tuple[int, dict]:
+    """A safetensors file's header: its length in bytes and its JSON (checked by models.check_checkpoint)."""
+    length = int.from_bytes(handle.read(8), "little")
+    return length, json.loads(handle.read(length))

@@ -161,6 +161,8 @@ def why_not_native(path: Path, config: dict) -> str | None:
         return "config.json is not an object"
     if not (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").exists():
         return "weights not in one model.safetensors"
+    if not gpt2.names_weights_as_transformers_does(path / "model.safetensors"):
+        return "weights named as GPT2Model saves them"
     return gpt2.supports(config) or tokenizer.supports(path)
 
 

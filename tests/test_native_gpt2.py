@@ -123,6 +123,21 @@ def test_what_it_does_not_cover_loads_through_transformers(tiny_checkpoint, tmp_
         assert type(load_checkpoint(path, device="cpu").model).__name__ == "GPT2LMHeadModel"
 
 
+def test_weights_without_the_transformer_prefix_load_through_transformers(tiny_checkpoint, tmp_path):
+    """The original GPT-2 checkpoints on the Hub name their weights as GPT2Model saves them ("h.0.attn...")."""
+    from safetensors.torch import load_file, save_file
+
+    from bardterm.models import why_not_native
+
+    path = shutil.copytree(tiny_checkpoint, tmp_path / "bare")
+    weights = load_file(path / "model.safetensors")
+    save_file({name.removeprefix("transformer."): tensor for name, tensor in weights.items()},
+              path / "model.safetensors", metadata={"format": "pt"})
+    assert "GPT2Model" in why_not_native(path, json.loads((path / "config.json").read_text()))
+    loaded = load_checkpoint(path, device="cpu")
+    assert type(loaded.model).__name__ == "GPT2LMHeadModel"
+
+
 def test_a_llama_checkpoint_loads_through_transformers(tmp_path, tokenizer, llama):
     llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
