@@ -142,8 +142,10 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
     device = device or default_device()
     precision = resolve_precision(dtype, device)  # checks the name before anything slow
     torch_dtype = getattr(torch, precision.load_dtype)
-    load = _load_native if native and why_not_native(path, config) is None else _load_transformers
-    model, tokenizer = load(path, torch_dtype, allow_pickle, trust_remote_code)
+    if native and why_not_native(path, config) is None:
+        model, tokenizer = _load_native(path, torch_dtype)
+    else:
+        model, tokenizer = _load_transformers(path, torch_dtype, allow_pickle, trust_remote_code)
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as error:
@@ -166,7 +168,7 @@ def why_not_native(path: Path, config: dict) -> str | None:
     return gpt2.supports(config) or tokenizer.supports(path)
 
 
-def _load_native(path: Path, torch_dtype, allow_pickle: bool, trust_remote_code: bool):
+def _load_native(path: Path, torch_dtype):
     from bardterm import gpt2
     from bardterm.tokenizer import Tokenizer
 

@@ -50,11 +50,7 @@ def pack_bf16_linears(model: nn.Module) -> nn.Module:
     lookups. That stores the largest matrix twice (distilgpt2's bf16 weights 164 -> 241 MB, still below fp32's
     330), but a plain bf16 head is reordered on every call: distilgpt2-shaped, one thread, 63 -> 86 tok/s, and the
     first token 185 -> 15 ms."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                setattr(parent, name, PackedLinear(child))
-    return model
+    return _replace_cpu_linears(model, torch.bfloat16, PackedLinear)
 
 
 class WidenedLinear(nn.Module):
@@ -78,8 +74,13 @@ class WidenedLinear(nn.Module):
 
 def widen_fp16_linears(model: nn.Module) -> nn.Module:
     """Replace every float16 nn.Linear on the CPU with a WidenedLinear, in place. Returns the model."""
+    return _replace_cpu_linears(model, torch.float16, WidenedLinear)
+
+
+def _replace_cpu_linears(model: nn.Module, dtype: torch.dtype, make) -> nn.Module:
+    """Every nn.Linear of `model` holding `dtype` weights on the CPU becomes `make(linear)`, in place."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float16 and child.weight.device.type == "cpu":
-                setattr(parent, name, WidenedLinear(child))
+            if type(child) is nn.Linear and child.weight.dtype == dtype and child.weight.device.type == "cpu":
+                setattr(parent, name, make(child))
     return model

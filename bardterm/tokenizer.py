@@ -41,9 +41,8 @@ class Tokenizer:
 
         self.backend_tokenizer = Backend.from_file(str(path / "tokenizer.json"))
         settings = _settings(path)
-        self.eos_token, self.bos_token = _token(settings.get("eos_token")), _token(settings.get("bos_token"))
-        self.eos_token_id, self.bos_token_id = self._id(self.eos_token), self._id(self.bos_token)
-        self.model_max_length = settings.get("model_max_length")
+        self.eos_token_id = self._id(_token(settings.get("eos_token")))
+        self.bos_token_id = self._id(_token(settings.get("bos_token")))
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend_tokenizer.token_to_id(token)
