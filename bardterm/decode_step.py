@@ -23,12 +23,14 @@ def new_cache(model, capacity: int):
 
 
 def fast_decode_step(model):
-    """Return `step(input_ids (rows, 1), cache) -> logits (rows, vocab)` for `model`, or None."""
+    """Return `step(input_ids (rows, 1), cache) -> logits (rows, vocab)` for `model`, or None: the native step
+    (native_step.py: compiled C++, batch 1 on the CPU) over the lean one where it can run, else the lean one."""
     from bardterm.fast_gpt2 import gpt2_decode_step
     from bardterm.fast_llama import llama_decode_step
+    from bardterm.native_step import native_decode_step
 
     for build in (gpt2_decode_step, llama_decode_step):
         step = build(model)
         if step is not None:
-            return step
+            return native_decode_step(model, step) or step
     return None

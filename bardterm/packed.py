@@ -30,6 +30,9 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1))
         self.bias = linear.bias
+        # The plain (out, in) weight too, for the native decode step (native_step.py), which reads rows: batch-1
+        # steps there, prompts here. It costs the block weights twice (distilgpt2: +85 MB in bf16).
+        self.plain_weight = linear.weight.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
