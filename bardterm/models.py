@@ -142,7 +142,8 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
     device = device or default_device()
     precision = resolve_precision(dtype, device)  # checks the name before anything slow
     torch_dtype = getattr(torch, precision.load_dtype)
-    if native and why_not_native(path, config) is None:
+    own_model = native and why_not_native(path, config) is None
+    if own_model:
         model, tokenizer = _load_native(path, torch_dtype)
     else:
         model, tokenizer = _load_transformers(path, torch_dtype, allow_pickle, trust_remote_code)
@@ -152,6 +153,10 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
     model.eval()
     apply_precision(model, precision)
+    if own_model and device == "cpu" and precision.name == "float32":
+        from bardterm.native_step import lay_out_float32
+
+        lay_out_float32(model)  # inference only, never saved: free to lay its weights out for the native step
     return LoadedModel(model, tokenizer, path, device, precision.name, precision.label, precision.note)
 
 

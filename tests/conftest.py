@@ -57,6 +57,13 @@ def no_user_settings(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BARDTERM_CONFIG", str(tmp_path_factory.getbasetemp() / "no-settings.toml"))
 
 
+@pytest.fixture(autouse=True)
+def torch_decode_steps(monkeypatch):
+    """Tests run the decode steps written in PyTorch, whose logits are transformers' bit for bit; the native step
+    (native_step.py: float32 sums in its own order) is tested in test_native_step.py, which turns it on."""
+    monkeypatch.setenv("BARDTERM_NATIVE_STEP", "0")
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tiny_tokenizer):
     """`bardterm.testing`'s tiny tokenizer, by its short name."""

@@ -82,6 +82,9 @@ static inline uint16_t float_to_bf16(float f) {  // round to nearest even, as Py
 }
 
 static inline float f16_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
     uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
     if (exponent == 0x1f) {
         bits = sign | 0x7f800000 | (mantissa << 13);
@@ -97,6 +100,7 @@ static inline float f16_to_float(uint16_t h) {
     float f;
     std::memcpy(&f, &bits, 4);
     return f;
+#endif
 }
 
 static inline uint16_t float_to_f16(float f) {  // round to nearest even
@@ -204,7 +208,7 @@ static inline void axpy(const T* v, float a, float* out, int n) {
     vec va = vset(a);
     for (; i + LANES <= n; i += LANES) vstore(out + i, vfma(vload(v + i), va, vload(out + i)));
 #endif
-    for (; i < n; i++) out[i] += a * scalar(v[i]);
+    for (; i < n; i++) out[i] = std::fma(scalar(v[i]), a, out[i]);
 }
 
 // This thread's share of `n` rows, in multiples of 16 (one cache line of float32 results).
@@ -246,7 +250,8 @@ static void columns(const Linear& layer, const float* x, float* y, int n0, int n
             vstore(y + n, vfma(vload(w3 + n), v3, acc));
         }
 #endif
-        for (; n < n1; n++) y[n] += w0[n] * x0 + w1[n] * x1 + w2[n] * x2 + w3[n] * x3;
+        for (; n < n1; n++)  // as the vector lanes do it, so that how rows are shared out changes nothing
+            y[n] = std::fma(w3[n], x3, std::fma(w2[n], x2, std::fma(w1[n], x1, std::fma(w0[n], x0, y[n]))));
     }
     for (; k < in; k++) axpy(w + size_t(k) * out + n0, x[k], y + n0, n1 - n0);
 }
