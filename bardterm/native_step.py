@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("native") / "cpu_step.cpp"
 ENVIRONMENT = "BARDTERM_NATIVE_STEP"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+BASE_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = [*BASE_FLAGS, "-march=native"]  # this CPU's vector instructions (the build is kept per CPU)
 F32, BF16, F16, I8 = 0, 1, 2, 3
 KINDS = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16, torch.int8: I8}
 GPT2, LLAMA = 0, 1
@@ -78,7 +78,7 @@ def library(wait: bool = False) -> ctypes.CDLL | None:
         if _build is None:
             if _load(library_path()):
                 return _library
-            _build = threading.Thread(target=_compile, name="bardterm-native-build", daemon=True)
+            _build = threading.Thread(target=_build_and_load, name="bardterm-native-build", daemon=True)
             _build.start()
     if wait:
         _build.join()
@@ -100,26 +100,43 @@ def library_path() -> Path:
     return Path(user_cache_dir("bardterm")) / "native" / f"cpu_step-{key}.so"
 
 
-def _compile() -> None:
-    global _build_error
-    target = library_path()
+def compile_library(target: Path, flags: list[str]) -> str | None:
+    """Compile cpu_step.cpp with `flags` into `target`; None, or why it failed. The compiler writes a partial
+    file that `sh` renames into place once whole, so a bardterm that exits mid-build (a short `bardterm
+    generate`) leaves the build to the next run, and no process ever loads half a library."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
-        _build_error = "no C++ compiler (c++ or g++) found"
-        return
+        return "no C++ compiler (c++ or g++) found"
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    script = 'compiler="$1" partial="$2" target="$3"; shift 3; "$compiler" "$@" -o "$partial" && mv -f "$partial" "$target"'
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = Path(scratch) / target.name
-            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
-            if done.returncode != 0:
-                _build_error = f"{compiler} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
-                return
-            os.replace(built, target)  # whole or not at all: another process may load it at any moment
+        done = subprocess.run(["sh", "-c", script, "sh", compiler, str(partial), str(target), *flags, str(SOURCE)],
+                              capture_output=True, text=True, start_new_session=True)
     except OSError as error:
-        _build_error = f"could not build the native step: {error}"
-        return
-    _load(target)
+        return f"could not build the native step: {error}"
+    if done.returncode != 0 or not target.exists():
+        lines = done.stderr.strip().splitlines()
+        return f"{Path(compiler).name} failed: {lines[-1] if lines else f'exit status {done.returncode}'}"
+    return None
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """Load a build of cpu_step.cpp (OSError if it cannot be). Its OpenMP is libgomp.so.1, which torch has loaded
+    already: the step's threads are torch's."""
+    found = ctypes.CDLL(str(path))
+    found.bardterm_step.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
+                                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    found.bardterm_step.restype = ctypes.c_int
+    found.bardterm_vector_isa.restype = ctypes.c_char_p
+    return found
+
+
+def _build_and_load() -> None:
+    global _build_error
+    _build_error = compile_library(library_path(), FLAGS)
+    if _build_error is None:
+        _load(library_path())
 
 
 def _load(path: Path) -> bool:
@@ -127,15 +144,10 @@ def _load(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        found = ctypes.CDLL(str(path))  # its OpenMP is libgomp.so.1, the one torch has loaded: one thread pool
+        _library = open_library(path)
     except OSError as error:
         _build_error = f"could not load {path}: {error}"
         return False
-    found.bardterm_step.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
-                                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-    found.bardterm_step.restype = ctypes.c_int
-    found.bardterm_vector_isa.restype = ctypes.c_char_p
-    _library = found
     return True
 
 
@@ -258,12 +270,13 @@ def _llama_plan(model, plan: _Plan) -> Model:
 
 # ---- the step -----------------------------------------------------------------------------------------------
 
-def native_decode_step(model, lean_step):
+def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
     """Return `step(input_ids (rows, 1), cache) -> logits (rows, vocab)` that runs batch-1 steps natively and
-    anything else through `lean_step`; or None where the native step cannot run `model` (yet)."""
+    anything else through `lean_step`; or None where the native step cannot run `model` (yet). `built`: a build
+    other than this machine's (the tests' AVX2 and plain C++ builds)."""
     if lean_step is None or not enabled() or sys.platform == "win32":
         return None
-    found = library()
+    found = built or library()
     model_type = getattr(model.config, "model_type", None)
     if found is None or model_type not in ("gpt2", "llama"):
         return None
