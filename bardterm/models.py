@@ -153,10 +153,12 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str | No
         raise BardtermError(f"could not use device {device!r} ({str(error).splitlines()[0]}): try --device cpu") from None
     model.eval()
     apply_precision(model, precision)
-    if own_model and device == "cpu" and precision.name == "float32":
-        from bardterm.native_step import lay_out_float32
+    if device == "cpu":
+        from bardterm import native_step
 
-        lay_out_float32(model)  # inference only, never saved: free to lay its weights out for the native step
+        native_step.library()  # loads this machine's build of the native decode step, or starts building it
+        if own_model and precision.name == "float32":
+            native_step.lay_out_float32(model)  # inference only, never saved: laid out for the native step
     return LoadedModel(model, tokenizer, path, device, precision.name, precision.label, precision.note)
 
 

@@ -148,6 +148,19 @@ def prepare(models: dict, root: Path) -> dict:
     return folders
 
 
+def native_step_line() -> str:
+    """Which decode step bardterm's batch-1 runs take: the native one (built now if this machine has none yet,
+    so that no timed run waits for it), or the lean PyTorch one, and why."""
+    from bardterm import native_step
+
+    if not native_step.enabled():
+        return f"bardterm decode step: lean PyTorch step ({native_step.ENVIRONMENT}=0)"
+    built = native_step.library(wait=True)
+    if built is None:
+        return f"bardterm decode step: lean PyTorch step (native step not built: {native_step.build_error()})"
+    return f"bardterm decode step: native ({built.bardterm_vector_isa().decode()} build of bardterm/native/cpu_step.cpp)"
+
+
 # --- the two engines ------------------------------------------------------------------------------------------
 
 class Bardterm:
@@ -334,7 +347,7 @@ def main(argv=None) -> int:
     cost_chars = args.cost_chars if args.cost_chars is not None else (2000 if args.quick else 4000)
     models = QUICK_MODELS if args.quick else MODELS
     models = {k: v for k, v in models.items() if not args.models or any(k.startswith(m) for m in args.models)}
-    lines = [describe_machine(), cpu_flags_line(), f"llama-cpp-python {llama_cpp.__version__}",
+    lines = [describe_machine(), cpu_flags_line(), f"llama-cpp-python {llama_cpp.__version__}", native_step_line(),
              f"batch 1, greedy, median of {repeats} interleaved runs; ratio = bardterm tok/s / llama.cpp tok/s in the "
              "same repeat (target >= 1.00x); same ids = leading greedy ids that agree with the paired llama.cpp run; "
              "cost = nats/char over bardterm float32", "", HEADER]
