@@ -289,6 +289,7 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
     kv = (ctypes.c_void_p * (2 * native.layers))()
     seen_buffers: list = [None] * native.layers
     run = found.bardterm_step
+    last_position = model.transformer.wpe.weight.shape[0] if model_type == "gpt2" else 2**31 - 1
 
     def step(input_ids: torch.Tensor, cache) -> torch.Tensor:
         layers = getattr(cache, "layers", ())
@@ -303,8 +304,9 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
                 kv[2 * index], kv[2 * index + 1] = keys.data_ptr(), values.data_ptr()
             seen_buffers[:] = buffers
         capacity = buffers[0][0].shape[2]
-        if position >= capacity:
-            return lean_step(input_ids, cache)  # it grows the buffers; the next step takes the new ones
+        if position >= capacity or position >= last_position:
+            return lean_step(input_ids, cache)  # it grows the buffers (the next step takes the new ones), or says
+                                                # why GPT-2 has no position embedding for this one
         logits = torch.empty(1, native.vocab)
         if run(native_ref, kv, capacity, int(input_ids[0, 0]), position, logits.data_ptr(), torch.get_num_threads()):
             raise ValueError(f"native step: token {int(input_ids[0, 0])} or position {position} out of range")

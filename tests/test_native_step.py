@@ -136,6 +136,14 @@ def test_the_lean_step_runs_what_the_native_step_cannot(native, tokenizer):
         got, expected = fast(ids, ours), lean(ids, theirs)
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
     assert ours.get_seq_length() == prompt.shape[1] + 4
+    # past GPT-2's last position embedding: the lean step's own error, not a read past the table
+    short = make_gpt2(tokenizer, seed=1, n_embd=64, n_layer=2, n_positions=prompt.shape[1] + 2)
+    lean, fast = lean_and_native(short)
+    cache = prefilled(short, prompt, 40)
+    with torch.no_grad():
+        fast(ids, cache), fast(ids, cache)
+        with pytest.raises((IndexError, RuntimeError)):
+            fast(ids, cache)
 
 
 def test_layers_it_does_not_know_leave_it_to_the_lean_step(native, tokenizer):
