@@ -12,7 +12,7 @@ from conftest import make_gpt2, make_llama
 from test_fast_llama import in_precision
 from test_precision import greedy_ids, peaked
 
-from bardterm import native_step
+from bardterm import native_step, precision
 from bardterm.engine import Generation, cache_argument
 from bardterm.fast_gpt2 import gpt2_decode_step
 from bardterm.fast_llama import llama_decode_step
@@ -35,16 +35,21 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def built():
-    """The compiled step (built once per test run into a temporary cache folder)."""
+def built(tmp_path_factory):
+    """The compiled step, built here into a temporary cache folder: the build itself is under test, and the
+    user's cache folder is not touched."""
     patch = pytest.MonkeyPatch()
     patch.setenv("BARDTERM_NATIVE_STEP", "1")
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    for name in ("_library", "_build", "_build_error"):
+        setattr(native_step, name, None)
     found = native_step.library(wait=True)
-    patch.undo()
     if found is None and "no C++ compiler" in (native_step.build_error() or ""):
+        patch.undo()
         pytest.skip(native_step.build_error())
     assert found is not None, native_step.build_error()
-    return found
+    yield found
+    patch.undo()
 
 
 @pytest.fixture
@@ -209,8 +214,11 @@ def test_a_failed_build_says_why_and_the_lean_step_runs(tmp_path, monkeypatch, t
     assert not any(tmp_path.rglob("*.so*"))  # nothing half-written left behind
 
 
-def test_a_build_is_kept_per_source_and_cpu(native, monkeypatch):
+def test_a_build_is_kept_per_source_and_cpu(native, monkeypatch, tmp_path_factory):
     path = native_step.library_path()
-    assert path.exists() and path.suffix == ".so"
+    assert path.exists() and path.suffix == ".so" and tmp_path_factory.getbasetemp() in path.parents
     monkeypatch.setattr(native_step, "FLAGS", [*native_step.FLAGS, "-DOTHER"])
+    assert native_step.library_path() != path
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma", "f16c"}))  # another machine
     assert native_step.library_path() != path
