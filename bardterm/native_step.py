@@ -228,6 +228,8 @@ def _gpt2_plan(model, plan: _Plan) -> Model:
     blocks = transformer.h
     if any(type(block.mlp.act).__name__ not in ("NewGELUActivation", "NewGELU") for block in blocks):
         raise _Unsupported("activation")
+    if len({block.attn.scaling for block in blocks}) != 1:  # scale_attn_by_inverse_layer_idx: one per layer
+        raise _Unsupported("attention scale per layer")
     c_fc = blocks[0].mlp.c_fc
     inner = c_fc.nf if hasattr(c_fc, "nf") else c_fc.out_features
     native = Model(GPT2, len(blocks), config.n_embd, config.n_head, config.n_head, config.n_embd // config.n_head,

@@ -13,6 +13,9 @@ one thread: distilgpt2's 50257x768 head 9.6 ms fp32, 4.9 ms bf16, 2.6 ms int8 wi
 int8 with fp32 activations), so int8 runs its activations in bfloat16 where the CPU has native bf16, and
 dequantizes each weight on the fly elsewhere (correct but slow: `auto` never picks it there).
 
+That is the kernel for prompts and batches; one token at a time on the CPU goes through the native step
+(native_step.py), whose int8 kernel widens the weights to float32 as it reads them, with any activations.
+
 `auto` takes the first of int8, bfloat16, float16, float32 that this device computes natively and whose cost
 on the shipped model, measured with `bardterm eval` and kept in COST_NATS_PER_CHAR, is under 0.01 nats/char.
 On a CPU without native bf16 (AVX2-only machines), neither bf16 nor int8 is chosen.

@@ -156,6 +156,9 @@ def test_layers_it_does_not_know_leave_it_to_the_lean_step(native, tokenizer):
     model.transformer.h[0].mlp.act = torch.nn.ReLU()  # not GPT-2's gelu_new
     assert native_step.native_decode_step(model, lambda *a: None) is None
     assert native_step.native_decode_step(MODELS["gpt2"](tokenizer), None) is None  # no lean step: no native
+    model = MODELS["gpt2"](tokenizer)
+    model.transformer.h[1].attn.scaling /= 2  # as scale_attn_by_inverse_layer_idx does: a scale per layer
+    assert native_step.native_decode_step(model, lambda *a: None) is None
 
 
 def test_off_when_asked(native, tokenizer, monkeypatch):
