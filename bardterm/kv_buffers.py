@@ -21,7 +21,52 @@ def write_after(buffers: tuple[torch.Tensor, torch.Tensor], length: int, key_sta
     return key_buffer.narrow(2, 0, end), value_buffer.narrow(2, 0, end)
 
 
-class BufferLayer:
+class GrowingViews:
+    """`keys` and `values` as views of the first positions of a layer's `_buffers`, made when they are read.
+
+    A decode step that writes straight into the buffers (native_step.py) moves only the length (`grow_to`):
+    making the two views of every layer every token cost SmolLM2's 30 layers 0.3 ms a token (5 us a view), about
+    3% of its step. Setting `keys` or `values` works as for plain attributes."""
+
+    _keys: torch.Tensor | None = None
+    _values: torch.Tensor | None = None
+    _grown_to: int | None = None  # views of this many positions are owed
+
+    def grow_to(self, length: int) -> None:
+        """The buffers now hold `length` positions (written there by the caller)."""
+        self._grown_to = length
+
+    def grown_length(self) -> int | None:
+        """The length `grow_to` set, not yet made into views (None: `keys` says it)."""
+        return self._grown_to
+
+    def _settle(self) -> None:
+        if self._grown_to is not None:
+            length, self._grown_to = self._grown_to, None
+            self._keys, self._values = (buffer.narrow(2, 0, length) for buffer in self._buffers)
+
+    @property
+    def keys(self):
+        self._settle()
+        return self._keys
+
+    @keys.setter
+    def keys(self, tensor) -> None:
+        self._settle()
+        self._keys = tensor
+
+    @property
+    def values(self):
+        self._settle()
+        return self._values
+
+    @values.setter
+    def values(self, tensor) -> None:
+        self._settle()
+        self._values = tensor
+
+
+class BufferLayer(GrowingViews):
     """One layer's keys and values: views into buffers of `capacity` positions (doubled if ever outgrown)."""
 
     def __init__(self, capacity: int):
@@ -31,6 +76,8 @@ class BufferLayer:
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def get_seq_length(self) -> int:
+        if self._grown_to is not None:
+            return self._grown_to
         return 0 if self.keys is None else self.keys.shape[-2]
 
     def fits(self, new_positions: int) -> bool:

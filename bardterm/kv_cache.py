@@ -20,11 +20,15 @@ import torch
 from transformers import PreTrainedConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from bardterm.kv_buffers import write_after
+from bardterm.kv_buffers import GrowingViews, write_after
 
 
-class PreallocatedLayer(DynamicLayer):
+class PreallocatedLayer(GrowingViews, DynamicLayer):
     """A `DynamicLayer` whose keys and values are views into buffers sized for the whole generation."""
+
+    def get_seq_length(self) -> int:
+        grown = self.grown_length()
+        return super().get_seq_length() if grown is None else grown
 
     def __init__(self, capacity: int):
         super().__init__()

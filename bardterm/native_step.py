@@ -298,7 +298,7 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
         if input_ids.shape[0] != 1 or len(layers) != native.layers:
             return lean_step(input_ids, cache)
         buffers = [getattr(layer, "_buffers", None) for layer in layers]
-        position = layers[0].keys.shape[-2]
+        position = layers[0].get_seq_length()
         if any(b is not s for b, s in zip(buffers, seen_buffers)):  # new buffers: check them, take their addresses
             if not _writable(buffers, layers, position, native):
                 return lean_step(input_ids, cache)
@@ -312,8 +312,8 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
         logits = torch.empty(1, native.vocab)
         if run(native_ref, kv, capacity, int(input_ids[0, 0]), position, logits.data_ptr(), torch.get_num_threads()):
             raise ValueError(f"native step: token {int(input_ids[0, 0])} or position {position} out of range")
-        for layer, (keys, values) in zip(layers, buffers):
-            layer.keys, layer.values = keys.narrow(2, 0, position + 1), values.narrow(2, 0, position + 1)
+        for layer in layers:
+            layer.grow_to(position + 1)  # the views follow when read (kv_buffers.GrowingViews)
         return logits
 
     step.plan = plan  # keeps the weights it points into alive as long as the step
@@ -324,7 +324,7 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
 def _writable(buffers, layers, position: int, native: Model) -> bool:
     """Whether every layer's buffers are what the C++ writes into: (1, kv_heads, capacity, head_dim), contiguous,
     one type the step knows, holding the layer's keys so far (`position` of them)."""
-    if any(b is None for b in buffers):
+    if any(b is None for b in buffers) or not all(hasattr(layer, "grow_to") for layer in layers):
         return False
     kind = KINDS.get(buffers[0][0].dtype)
     shape = (1, native.kv_heads, buffers[0][0].shape[2], native.head_dim)
