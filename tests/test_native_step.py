@@ -70,6 +70,21 @@ def greedy_text(model, tokenizer, prompt: str, tokens: int) -> str:
     return generation.result.text
 
 
+def follow(model, tokenizer, fast, lean, steps: int, tolerance: float):
+    """Decode `steps` tokens after one prompt with both steps, each in its own cache, feeding both the lean step's
+    greedy choice; every native logit within `tolerance` (relative to the largest). Returns (ours, theirs) caches."""
+    prompt = torch.tensor([tokenizer.encode("To be, or not")])
+    ours, theirs = prefilled(model, prompt, 40), prefilled(model, prompt, 40)
+    ids = torch.tensor([[5]])
+    with torch.no_grad():
+        for _ in range(steps):
+            got, expected = fast(ids, ours), lean(ids, theirs).float()
+            assert got.dtype == torch.float32 and got.shape == expected.shape
+            assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+            ids = expected.argmax(-1, keepdim=True)
+    return ours, theirs
+
+
 def prefilled(model, prompt, capacity):
     cache = preallocated_cache(model, capacity)
     with torch.no_grad():
@@ -84,14 +99,7 @@ def test_the_native_step_gives_the_models_logits(native, tokenizer, architecture
     lean, fast = lean_and_native(model)
     assert fast is not None and fast is not lean
     prompt = torch.tensor([tokenizer.encode("To be, or not")])
-    ours, theirs = prefilled(model, prompt, 40), prefilled(model, prompt, 40)
-    ids = torch.tensor([[5]])
-    with torch.no_grad():
-        for _ in range(24):
-            got, expected = fast(ids, ours), lean(ids, theirs).float()
-            assert got.dtype == torch.float32 and got.shape == expected.shape
-            assert (got - expected).abs().max() <= TOLERANCE[name] * expected.abs().max()
-            ids = expected.argmax(-1, keepdim=True)
+    ours, theirs = follow(model, tokenizer, fast, lean, 24, TOLERANCE[name])
     assert ours.get_seq_length() == theirs.get_seq_length() == prompt.shape[1] + 24
     for mine, reference in zip(ours.layers, theirs.layers):  # the keys and values it wrote, where it wrote them
         assert mine.keys.data_ptr() == mine._buffers[0].data_ptr()
@@ -192,15 +200,7 @@ def test_the_avx2_and_plain_cpp_builds_give_the_same_logits(native, tokenizer, t
                                ("llama tied", "int8")):
         model = in_precision(MODELS[architecture](tokenizer), name)
         lean = lean_and_native(model)[0]
-        fast = native_step.native_decode_step(model, lean, other)
-        prompt = torch.tensor([tokenizer.encode("To be, or not")])
-        ours, theirs = prefilled(model, prompt, 30), prefilled(model, prompt, 30)
-        ids = torch.tensor([[5]])
-        with torch.no_grad():
-            for _ in range(8):
-                got, expected = fast(ids, ours), lean(ids, theirs).float()
-                assert (got - expected).abs().max() <= TOLERANCE[name] * expected.abs().max()
-                ids = expected.argmax(-1, keepdim=True)
+        follow(model, tokenizer, native_step.native_decode_step(model, lean, other), lean, 8, TOLERANCE[name])
 
 
 def test_a_failed_build_says_why_and_the_lean_step_runs(tmp_path, monkeypatch, tokenizer):
