@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -272,6 +273,43 @@ def _llama_plan(model, plan: _Plan) -> Model:
 
 # ---- the step -----------------------------------------------------------------------------------------------
 
+class ThreadChoice:
+    """How many of torch's threads a generation's native steps use: all of them, unless one has become faster.
+
+    With another program busy on one of two cores, the step's barriers wait on a thread that has no core: the
+    shipped model ran at 333-946 tok/s on 2 threads against about 1,400 on 1 while CI ran on the other core. A step
+    on all threads taking over SLOWER times the fastest seen is the sign: the next step tries one thread, which is
+    kept while it is the faster, and every RETRY_EVERY steps one step tries all threads again. On a quiet machine
+    nothing is tried. The logits do not depend on the number of threads (each row is summed by one thread)."""
+
+    SLOWER = 1.3
+    RETRY_EVERY = 32
+
+    def __init__(self):
+        self.on_one = False
+        self.fastest_on_all: float | None = None
+        self.last: dict[bool, float] = {}  # one thread or not -> the latest step's seconds
+        self.steps_on_one = 0
+
+    def threads(self, available: int) -> int:
+        if available == 1 or not self.on_one:
+            return available
+        self.steps_on_one += 1
+        return available if self.steps_on_one % self.RETRY_EVERY == 0 else 1
+
+    def took(self, threads: int, available: int, seconds: float) -> None:
+        if available == 1:
+            return
+        one = threads == 1
+        self.last[one] = seconds
+        if not one:
+            self.fastest_on_all = seconds if self.fastest_on_all is None else min(self.fastest_on_all, seconds)
+        if not self.on_one:
+            self.on_one = not one and seconds > self.SLOWER * self.fastest_on_all
+        else:  # keep one thread while it is the faster of the latest steps
+            self.on_one = self.last.get(True, 0.0) <= self.last.get(False, float("inf"))
+
+
 def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
     """Return `step(input_ids (rows, 1), cache) -> logits (rows, vocab)` that runs batch-1 steps natively and
     anything else through `lean_step`; or None where the native step cannot run `model` (yet). `built`: a build
@@ -291,6 +329,7 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
     kv = (ctypes.c_void_p * (2 * native.layers))()
     seen_buffers: list = [None] * native.layers
     run = found.bardterm_step
+    choice = ThreadChoice()
     last_position = model.transformer.wpe.weight.shape[0] if model_type == "gpt2" else 2**31 - 1
 
     def step(input_ids: torch.Tensor, cache) -> torch.Tensor:
@@ -310,8 +349,12 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
             return lean_step(input_ids, cache)  # it grows the buffers (the next step takes the new ones), or says
                                                 # why GPT-2 has no position embedding for this one
         logits = torch.empty(1, native.vocab)
-        if run(native_ref, kv, capacity, int(input_ids[0, 0]), position, logits.data_ptr(), torch.get_num_threads()):
+        available = torch.get_num_threads()
+        threads = choice.threads(available)
+        started = time.perf_counter()
+        if run(native_ref, kv, capacity, int(input_ids[0, 0]), position, logits.data_ptr(), threads):
             raise ValueError(f"native step: token {int(input_ids[0, 0])} or position {position} out of range")
+        choice.took(threads, available, time.perf_counter() - started)
         for layer in layers:
             layer.grow_to(position + 1)  # the views follow when read (kv_buffers.GrowingViews)
         return logits

@@ -133,6 +133,28 @@ def test_one_thread_or_two_the_same_logits(native, tokenizer):
     assert torch.equal(*results)
 
 
+def test_threads_drop_to_one_while_one_is_faster_and_come_back():
+    choice = native_step.ThreadChoice()
+    seen = []
+
+    def steps(count, seconds):  # seconds(threads): how long a step takes on that many threads
+        for _ in range(count):
+            threads = choice.threads(2)
+            seen.append(threads)
+            choice.took(threads, 2, seconds(threads))
+
+    steps(50, lambda threads: 1.0 if threads == 2 else 1.6)  # quiet: two threads, nothing tried
+    assert set(seen) == {2}
+    seen.clear()
+    steps(100, lambda threads: 3.0 if threads == 2 else 1.6)  # the other core taken: one thread, trying two now and then
+    assert seen.count(2) <= 1 + 100 // native_step.ThreadChoice.RETRY_EVERY + 1 and seen[-1] == 1
+    seen.clear()
+    steps(40, lambda threads: 1.0 if threads == 2 else 1.6)  # quiet again: back on two within one retry
+    assert seen[-5:] == [2] * 5
+    one = native_step.ThreadChoice()
+    assert one.threads(1) == 1
+
+
 def test_the_lean_step_runs_what_the_native_step_cannot(native, tokenizer):
     model = MODELS["gpt2"](tokenizer)
     lean, fast = lean_and_native(model)
