@@ -360,7 +360,6 @@ def native_decode_step(model, lean_step, built: ctypes.CDLL | None = None):
         return logits
 
     step.plan = plan  # keeps the weights it points into alive as long as the step
-    step.native = native
     return step
 
 
